@@ -1,0 +1,226 @@
+"""Gradient updates per second: o2o's SAC and RLPD against d3rlpy's SAC, side by side.
+
+Run `make bench` (it builds the peer venv) or `.venv/bin/python benchmarks/update_speed.py`.
+All rows are measured in one run on one machine, interleaved over `--rounds` rounds (the
+median is reported), so their ratios are comparable even on a noisy machine. Networks:
+256x256 MLPs, batch 256, observation dim 17, action dim 6 (HalfCheetah's shapes).
+
+Rows:
+- o2o sac: 2 critics, one full update (critics, actor, temperature) per jitted call, batch
+  drawn on the device from a replay buffer, as the online loop does at UTD 1.
+- o2o rlpd: 10 LayerNorm critics, UTD 20: one call = 20 critic updates + 1 actor and
+  temperature update; counted as 20 updates, the unit of the UTD ratio.
+- o2o sac-10: 10 critics at UTD 1, the like-for-like match of d3rlpy's 10-critic SAC.
+- d3rlpy sac (n_critics 2 and 10): its own sample-and-update loop (benchmarks/peer_d3rlpy.py).
+The fraction of peak divides XLA's FLOP count of one compiled update by the time it takes
+and by the measured float32 1024x1024 matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o2o.agents.sac import RLPD, SAC, SAC_DEFAULT
+from o2o.data.buffer import MixedSampler, ReplayBuffer
+
+ROOT = Path(__file__).resolve().parent
+PEER_PYTHON = ROOT.parent / ".venv-bench" / "bin" / "python"
+OBS_DIM, ACT_DIM, BATCH = 17, 6, 256
+
+
+def matmul_gflops(seconds: float = 2.0) -> float:
+    a = jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        out = f(a)
+        n += 1
+    out.block_until_ready()
+    return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def _buffer(n: int = 100_000) -> ReplayBuffer:
+    rng = np.random.default_rng(0)
+    return ReplayBuffer.from_arrays(
+        {
+            "observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "next_observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
+            "masks": np.ones(n, np.float32),
+        }
+    )
+
+
+class O2OCase:
+    """One agent config: a jitted call that samples `utd` batches on the device and updates."""
+
+    def __init__(self, config):
+        obs = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
+        act = gym.spaces.Box(-1, 1, (ACT_DIM,), np.float32)
+        self.config = config
+        self.agent = SAC.create(config, obs, act, 0)
+        self.buffer = _buffer()
+        self.sampler = MixedSampler.create(None)
+        utd = config.utd_ratio
+
+        def step(agent, key):
+            key, sub = jax.random.split(key)
+            batch = self.sampler.sample(sub, self.buffer, utd * BATCH, jnp.int32(0))
+            batch = jax.tree.map(lambda x: x.reshape(utd, BATCH, *x.shape[1:]), batch)
+            agent, metrics = agent.update(batch)
+            return agent, key, metrics["critic_loss"]
+
+        self.step = jax.jit(step, donate_argnums=0)
+        self.key = jax.random.key(1)
+        compiled = jax.jit(step).lower(self.agent, self.key).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        self.flops_per_call = float(cost.get("flops", float("nan")))
+
+    def measure(self, seconds: float) -> float:
+        """Updates per second (a call counts `utd_ratio` updates)."""
+        agent, key, loss = self.step(self.agent, self.key)
+        loss.block_until_ready()
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            agent, key, loss = self.step(agent, key)
+            calls += 1
+        loss.block_until_ready()
+        self.agent, self.key = agent, key
+        return calls * self.config.utd_ratio / (time.perf_counter() - start)
+
+
+def measure_peer(n_critics: int, updates: int) -> dict | None:
+    if not PEER_PYTHON.exists():
+        return None
+    cmd = [
+        str(PEER_PYTHON),
+        str(ROOT / "peer_d3rlpy.py"),
+        "--algo",
+        "sac",
+        "--n-critics",
+        str(n_critics),
+        "--updates",
+        str(updates),
+        "--warmup",
+        "20",
+        "--obs-dim",
+        str(OBS_DIM),
+        "--act-dim",
+        str(ACT_DIM),
+        "--batch",
+        str(BATCH),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per o2o measurement")
+    parser.add_argument("--peer-updates", type=int, default=150, help="per d3rlpy measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "update_speed")
+    args = parser.parse_args()
+
+    cases = {
+        "o2o sac (2 critics, UTD 1)": O2OCase(SAC_DEFAULT),
+        "o2o rlpd (10 critics, UTD 20)": O2OCase(RLPD),
+        "o2o sac-10 (10 critics, UTD 1)": O2OCase(dataclasses.replace(SAC_DEFAULT, num_critics=10)),
+    }
+    peers = {"d3rlpy sac (2 critics)": 2, "d3rlpy sac (10 critics)": 10}
+    samples: dict[str, list[float]] = {name: [] for name in [*cases, *peers]}
+    peaks, peer_info = [], {}
+    for r in range(args.rounds):
+        peaks.append(matmul_gflops())
+        for name, case in cases.items():
+            samples[name].append(case.measure(args.seconds))
+        for name, n in peers.items():
+            result = measure_peer(n, args.peer_updates)
+            if result is not None:
+                samples[name].append(result["updates_per_s"])
+                peer_info = {k: result[k] for k in ("torch", "d3rlpy", "threads")}
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{k}: {v[-1]:.1f}/s" for k, v in samples.items() if v),
+            file=sys.stderr,
+        )
+
+    peak = statistics.median(peaks)
+    rows = {}
+    for name, values in samples.items():
+        if not values:
+            continue
+        row = {"updates_per_s": statistics.median(values), "samples": values}
+        if name in cases:
+            case = cases[name]
+            flops_per_update = case.flops_per_call / case.config.utd_ratio
+            row["gflop_per_update"] = flops_per_update / 1e9
+            row["fraction_of_matmul_peak"] = flops_per_update * row["updates_per_s"] / (peak * 1e9)
+        rows[name] = row
+    ratios = {}
+    for mine, peer in (
+        ("o2o sac (2 critics, UTD 1)", "d3rlpy sac (2 critics)"),
+        ("o2o rlpd (10 critics, UTD 20)", "d3rlpy sac (10 critics)"),
+        ("o2o sac-10 (10 critics, UTD 1)", "d3rlpy sac (10 critics)"),
+    ):
+        if peer in rows:
+            ratios[f"{mine} / {peer}"] = rows[mine]["updates_per_s"] / rows[peer]["updates_per_s"]
+    result = {
+        "command": "python benchmarks/update_speed.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpu_count": jax.local_device_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "jax": jax.__version__,
+            "jax_backend": jax.default_backend(),
+            **{f"peer_{k}": v for k, v in peer_info.items()},
+        },
+        "shapes": {"obs_dim": OBS_DIM, "act_dim": ACT_DIM, "batch": BATCH, "hidden": [256, 256]},
+        "matmul_gflops": peak,
+        "rows": rows,
+        "ratios": ratios,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# Gradient updates per second (batch 256, 256x256 MLPs, obs 17, act 6)",
+        "",
+        f"Command: `{result['command']}`; JAX backend `{result['machine']['jax_backend']}`; "
+        f"float32 1024x1024 matmul: {result['matmul_gflops']:.1f} GFLOP/s. "
+        "Median of interleaved rounds, one run.",
+        "",
+        "| configuration | updates/s | GFLOP per update | fraction of matmul peak |",
+        "|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        gflop = f"{row['gflop_per_update']:.2f}" if "gflop_per_update" in row else "-"
+        frac = f"{row['fraction_of_matmul_peak']:.0%}" if "fraction_of_matmul_peak" in row else "-"
+        lines.append(f"| {name} | {row['updates_per_s']:.1f} | {gflop} | {frac} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f}x |" for k, v in result["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

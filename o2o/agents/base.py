@@ -1,0 +1,71 @@
+"""The agent interface every algorithm implements, and the registry that names them.
+
+An agent is an immutable pytree (`flax.struct.PyTreeNode`); see DESIGN.md:
+- `create(config, obs_space, act_space, seed)` builds it;
+- `update(batch)` is pure and jittable; batch leaves have a leading axis of `utd_ratio`
+  minibatches, consumed inside `jax.lax.scan`;
+- `sample_actions(obs, key, deterministic)` acts;
+- `q_values(obs, actions)` feeds the Q-bias diagnostics;
+- `on_switch(config)` applies what changes at the offline-to-online switch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import gymnasium as gym
+import jax
+
+
+class AgentConfig(Protocol):
+    """Fields the training loop reads from every agent's config (the data/UTD recipe)."""
+
+    batch_size: int
+    utd_ratio: int
+    offline_ratio: float
+    start_steps: int
+    discount: float
+
+
+class Agent(Protocol):
+    config: Any
+
+    @classmethod
+    def create(
+        cls, config: Any, obs_space: gym.spaces.Box, act_space: gym.spaces.Box, seed: int
+    ) -> Agent: ...
+
+    def update(self, batch: dict[str, jax.Array]) -> tuple[Agent, dict[str, jax.Array]]: ...
+
+    def sample_actions(
+        self, observations: jax.Array, key: jax.Array, deterministic: bool = False
+    ) -> jax.Array: ...
+
+    def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array: ...
+
+    def on_switch(self, config: Any = None) -> Agent: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """A registered algorithm: its agent class and its default (reference) config."""
+
+    agent_cls: type
+    default_config: Any
+    summary: str
+
+
+AGENTS: dict[str, AgentSpec] = {}
+
+
+def register(name: str, agent_cls: type, default_config: Any, summary: str) -> None:
+    AGENTS[name] = AgentSpec(agent_cls, default_config, summary)
+
+
+def get_agent(name: str) -> AgentSpec:
+    """The registered algorithm `name`, or an error listing the known ones."""
+    if name not in AGENTS:
+        known = ", ".join(sorted(AGENTS))
+        raise KeyError(f"unknown algorithm '{name}'; known algorithms: {known}")
+    return AGENTS[name]

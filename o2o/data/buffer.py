@@ -1,0 +1,137 @@
+"""Device-resident replay storage and batch sampling that never leaves the device.
+
+`ReplayBuffer` is an immutable pytree: `add` and `sample` are pure and jittable, so an
+environment step, its insertion and a whole block of gradient updates run in one jitted call.
+`MixedSampler` draws each batch from offline and online data at any ratio, or a ratio
+scheduled over steps, without recompiling when the ratio changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Batch = dict[str, jax.Array]
+
+
+class ReplayBuffer(flax.struct.PyTreeNode):
+    """A ring of `capacity` transitions; once full, the oldest are overwritten."""
+
+    data: Batch
+    size: jax.Array  # int32 scalar: number of valid rows
+    cursor: jax.Array  # int32 scalar: next row to write
+
+    @classmethod
+    def create(cls, example: dict[str, Any], capacity: int) -> ReplayBuffer:
+        """Empty buffer whose rows have the shapes and dtypes of `example` (one transition)."""
+        data = {
+            k: jnp.zeros((capacity, *np.shape(v)), jnp.asarray(v).dtype) for k, v in example.items()
+        }
+        return cls(data=data, size=jnp.int32(0), cursor=jnp.int32(0))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ReplayBuffer:
+        """A full buffer holding `arrays` (e.g. an offline dataset's transitions)."""
+        n = len(next(iter(arrays.values())))
+        data = {k: jnp.asarray(v) for k, v in arrays.items()}
+        return cls(data=data, size=jnp.int32(n), cursor=jnp.int32(0))
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.data.values())).shape[0]
+
+    def add(self, transition: dict[str, jax.Array]) -> ReplayBuffer:
+        """Write one transition at the cursor."""
+        data = {
+            k: jax.lax.dynamic_update_index_in_dim(
+                v, jnp.asarray(transition[k], v.dtype), self.cursor, 0
+            )
+            for k, v in self.data.items()
+        }
+        return self.replace(
+            data=data,
+            size=jnp.minimum(self.size + 1, self.capacity),
+            cursor=(self.cursor + 1) % self.capacity,
+        )
+
+    def gather(self, indices: jax.Array) -> Batch:
+        return jax.tree.map(lambda x: x[indices], self.data)
+
+    def sample_indices(self, key: jax.Array, n: int) -> jax.Array:
+        """`n` row indices drawn uniformly, with replacement, from the valid rows."""
+        return jax.random.randint(key, (n,), 0, jnp.maximum(self.size, 1))
+
+    def sample(self, key: jax.Array, n: int) -> Batch:
+        return self.gather(self.sample_indices(key, n))
+
+    def grown(self, capacity: int) -> ReplayBuffer:
+        """A larger buffer holding the same transitions, oldest first (host-side copy)."""
+        if capacity < self.capacity:
+            raise ValueError(f"cannot shrink a buffer from {self.capacity} to {capacity} rows")
+        n, start = int(self.size), int(self.cursor) if int(self.size) == self.capacity else 0
+        data = {}
+        for k, v in self.data.items():
+            rows = np.roll(np.asarray(v), -start, axis=0)[:n]
+            data[k] = jnp.zeros((capacity, *v.shape[1:]), v.dtype).at[:n].set(rows)
+        return self.replace(data=data, size=jnp.int32(n), cursor=jnp.int32(n % capacity))
+
+    def valid(self) -> Batch:
+        """The filled rows, in storage order (host side: for saving and inspection)."""
+        n = int(self.size)
+        return {k: np.asarray(v[:n]) for k, v in self.data.items()}
+
+
+class MixedSampler(flax.struct.PyTreeNode):
+    """Draws batches from offline and online data, a fraction `offline_ratio` from offline.
+
+    The ratio is a pytree leaf (changing it does not recompile); with `schedule` set, the
+    ratio is `schedule(step)` instead, e.g. an optax schedule decaying the offline share.
+    Each row picks its source independently of the others' indices, so any ratio works,
+    not only 0.5 (RLPD's interleaving only supports 0.5: ikostrikov/rlpd#4).
+    """
+
+    offline: ReplayBuffer | None
+    offline_ratio: jax.Array
+    schedule: Callable[[jax.Array], jax.Array] | None = flax.struct.field(
+        pytree_node=False, default=None
+    )
+
+    @classmethod
+    def create(
+        cls,
+        offline: ReplayBuffer | None,
+        offline_ratio: float = 0.5,
+        schedule: Callable[[jax.Array], jax.Array] | None = None,
+    ) -> MixedSampler:
+        if not 0.0 <= offline_ratio <= 1.0:
+            raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio}")
+        if offline is None:
+            offline_ratio, schedule = 0.0, None
+        return cls(offline=offline, offline_ratio=jnp.float32(offline_ratio), schedule=schedule)
+
+    def ratio(self, step: jax.Array) -> jax.Array:
+        if self.offline is None:
+            return jnp.float32(0.0)
+        if self.schedule is not None:
+            return jnp.clip(jnp.asarray(self.schedule(step), jnp.float32), 0.0, 1.0)
+        return self.offline_ratio
+
+    def sample(self, key: jax.Array, online: ReplayBuffer, n: int, step: jax.Array) -> Batch:
+        """`n` rows: the first round(ratio * n) from offline data, the rest from online."""
+        if self.offline is None:
+            return online.sample(key, n)
+        key_off, key_on = jax.random.split(key)
+        n_offline = jnp.round(self.ratio(step) * n).astype(jnp.int32)
+        from_offline = jnp.arange(n) < n_offline
+        offline_rows = self.offline.sample(key_off, n)
+        online_rows = online.sample(key_on, n)
+        return jax.tree.map(
+            lambda a, b: jnp.where(from_offline.reshape((n,) + (1,) * (a.ndim - 1)), a, b),
+            offline_rows,
+            online_rows,
+        )

@@ -1,0 +1,1 @@
+"""Networks: MLPs, critic ensembles and policy heads."""

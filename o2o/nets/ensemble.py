@@ -1,0 +1,43 @@
+"""Critic ensembles: one module's parameters stacked along a leading axis, applied by vmap.
+
+Stacked parameters (rather than `nn.vmap` with a fixed size) let the target computation apply
+only a random subset of members, as RLPD/REDQ do, without a second module definition.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from o2o.nets.mlp import MLP
+
+
+class StateActionValue(nn.Module):
+    """Q(s, a): an MLP over the concatenated observation and action."""
+
+    hidden_dims: tuple[int, ...] = (256, 256)
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        x = jnp.concatenate([observations, actions], axis=-1)
+        x = MLP(self.hidden_dims, activate_final=True, layer_norm=self.layer_norm)(x)
+        return nn.Dense(1)(x)[..., 0]
+
+
+def init_ensemble(module: nn.Module, key: jax.Array, num: int, *inputs: jax.Array):
+    """Parameters of `num` independently initialised copies of `module`, stacked."""
+    return jax.vmap(lambda k: module.init(k, *inputs))(jax.random.split(key, num))
+
+
+def apply_ensemble(module: nn.Module, params, *inputs: jax.Array) -> jax.Array:
+    """Outputs of every member, stacked: shape [members, ...]."""
+    return jax.vmap(lambda p: module.apply(p, *inputs))(params)
+
+
+def subset(params, key: jax.Array, size: int):
+    """A random subset of `size` members, drawn without replacement."""
+    num = jax.tree.leaves(params)[0].shape[0]
+    idx = jax.random.choice(key, num, (size,), replace=False)
+    return jax.tree.map(lambda p: p[idx], params)

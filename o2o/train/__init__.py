@@ -1,0 +1,1 @@
+"""Training: evaluation, the online loop and the pipeline that joins the phases."""

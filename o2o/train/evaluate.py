@@ -1,0 +1,77 @@
+"""Evaluation on fixed seeds: returns, normalised score and Q-bias on the rollouts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o2o.data.dataset import discounted_returns
+from o2o.diagnostics.bias import q_bias_stats, valid_for_bias
+from o2o.envs.tasks import Task
+
+
+@jax.jit
+def _act(agent, observations: jax.Array) -> jax.Array:
+    return agent.sample_actions(observations, jax.random.key(0), deterministic=True)
+
+
+@jax.jit
+def _q(agent, observations: jax.Array, actions: jax.Array) -> jax.Array:
+    return agent.q_values(observations, actions)
+
+
+def _pad(x: np.ndarray, multiple: int = 1024) -> np.ndarray:
+    """Pad rows to a multiple so Q evaluation compiles for few distinct shapes."""
+    pad = (-len(x)) % multiple
+    return np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+
+
+class Evaluator:
+    """Runs `episodes` deterministic episodes in lock-step; episode i always starts from the
+    reset seeded with `seed + i`, so every evaluation sees the same initial states."""
+
+    def __init__(self, task: Task, episodes: int, seed: int, gamma: float):
+        self.task, self.seed, self.gamma = task, seed, gamma
+        self.envs = [task.make_env() for _ in range(episodes)]
+
+    def __call__(self, agent) -> dict[str, float]:
+        n = len(self.envs)
+        obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
+        obs = obs.astype(np.float32)
+        active = np.ones(n, bool)
+        trajectories = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
+        terminated, successes = np.zeros(n, bool), np.zeros(n, bool)
+        while active.any():
+            actions = np.asarray(_act(agent, jnp.asarray(obs)))
+            for i in np.flatnonzero(active):
+                next_obs, reward, term, trunc, info = self.envs[i].step(actions[i])
+                traj = trajectories[i]
+                traj["obs"].append(obs[i].copy())
+                traj["act"].append(actions[i])
+                traj["rew"].append(float(reward))
+                successes[i] |= bool(info.get("success", False))
+                obs[i] = next_obs
+                if term or trunc:
+                    active[i], terminated[i] = False, bool(term)
+        returns = np.array([sum(t["rew"]) for t in trajectories])
+        metrics = {
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score": float(self.task.normalize(returns.mean())),
+            "episode_length": float(np.mean([len(t["rew"]) for t in trajectories])),
+        }
+        metrics |= self._q_bias(agent, trajectories, terminated)
+        return metrics
+
+    def _q_bias(self, agent, trajectories: list[dict], terminated: np.ndarray) -> dict:
+        lengths = [len(t["rew"]) for t in trajectories]
+        obs = np.concatenate([np.asarray(t["obs"], np.float32) for t in trajectories])
+        act = np.concatenate([np.asarray(t["act"], np.float32) for t in trajectories])
+        rew = np.concatenate([np.asarray(t["rew"], np.float32) for t in trajectories])
+        ends = np.zeros(len(rew), bool)
+        ends[np.cumsum(lengths) - 1] = True
+        q_mc = discounted_returns(rew, ends, self.gamma)
+        q_pred = np.asarray(_q(agent, jnp.asarray(_pad(obs)), jnp.asarray(_pad(act))))[: len(rew)]
+        valid = valid_for_bias(lengths, list(terminated), self.gamma)
+        return q_bias_stats(q_pred, q_mc, valid)

@@ -1,0 +1,140 @@
+"""`train(config)`: load data, build the agent, run the online phase, write the run outputs.
+
+The offline phase and the switch (issues 4-5) slot in before the online loop; today the
+pipeline runs online training with optional offline data mixed into every batch (RLPD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from o2o.agents import get_agent
+from o2o.agents.sac import SACConfig
+from o2o.data.buffer import MixedSampler, ReplayBuffer
+from o2o.data.formats import load_native
+from o2o.envs.tasks import DEFAULT_TASK, get_task
+from o2o.logging import console
+from o2o.train.online import OnlineLoop
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; saved as `config.json` in the run directory."""
+
+    algo: str = "sac"
+    """Algorithm name (see `o2o train --help` for the list)."""
+    task: str = DEFAULT_TASK
+    """Task name, e.g. hopper, halfcheetah, walker2d, ant."""
+    online_steps: int = 100_000
+    """Environment steps of online training."""
+    seed: int = 0
+    out: Path | None = None
+    """Run directory; default runs/TASK-ALGO-seedS. An existing run there is resumed."""
+    dataset: Path | None = None
+    """Offline data (native .npz) mixed into online batches at the agent's offline_ratio."""
+    eval_interval: int = 5000
+    """Environment steps between evaluations (and checkpoints)."""
+    eval_episodes: int = 10
+    agent: SACConfig = dataclasses.field(default_factory=SACConfig)
+    """Agent hyperparameters; defaults are the algorithm's reference recipe."""
+
+    def run_dir(self) -> Path:
+        return self.out or Path("runs") / f"{self.task}-{self.algo}-seed{self.seed}"
+
+
+def default_config(algo: str, **overrides) -> TrainConfig:
+    """A TrainConfig for `algo` with its reference agent recipe."""
+    spec = get_agent(algo)
+    return TrainConfig(algo=algo, agent=spec.default_config, **overrides)
+
+
+def _config_json(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    """A run directory is reused only by the same configuration (online_steps may grow)."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    current = _config_json(config)
+    diff = [k for k in current if k not in ("online_steps", "out") and saved.get(k) != current[k]]
+    if diff:
+        raise ValueError(
+            f"{run_dir} holds a run with a different configuration (fields: {', '.join(diff)}); "
+            "choose another --out, or delete that directory to start over"
+        )
+
+
+def train(config: TrainConfig) -> Path:
+    """Run training as configured; returns the run directory."""
+    spec = get_agent(config.algo)
+    task = get_task(config.task)
+    if not isinstance(config.agent, type(spec.default_config)):
+        raise TypeError(f"algo '{config.algo}' needs a {type(spec.default_config).__name__}")
+    run_dir = config.run_dir()
+    if (run_dir / "config.json").exists():
+        _check_resumable(run_dir, config)
+        console.print(f"resuming the run in {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=1))
+
+    env = task.make_env()
+    offline = None
+    if config.dataset is not None:
+        space = env.action_space
+        dataset, _ = load_native(config.dataset, space.low, space.high)
+        if dataset.observation_dim != env.observation_space.shape[0]:
+            raise ValueError(
+                f"{config.dataset}: observations have dim {dataset.observation_dim} but task "
+                f"'{task.name}' has {env.observation_space.shape[0]}; pick the matching --task"
+            )
+        offline = ReplayBuffer.from_arrays(dataset.transitions())
+    elif config.agent.offline_ratio > 0:
+        console.print(
+            f"[yellow]no --dataset given: {config.algo} trains on online data only "
+            f"(offline_ratio {config.agent.offline_ratio} ignored)"
+        )
+    sampler = MixedSampler.create(offline, config.agent.offline_ratio)
+    agent = spec.agent_cls.create(
+        config.agent, env.observation_space, env.action_space, config.seed
+    )
+    start = time.perf_counter()
+    loop = OnlineLoop(
+        task,
+        agent,
+        sampler,
+        run_dir,
+        config.online_steps,
+        config.seed,
+        config.eval_interval,
+        config.eval_episodes,
+    )
+    progress = loop.run()
+    _write_summary(run_dir, config, progress, time.perf_counter() - start)
+    return run_dir
+
+
+def _write_summary(run_dir: Path, config: TrainConfig, progress, session_s: float) -> None:
+    evals = progress.evaluations
+    best = max(evals, key=lambda e: e["normalized_score"])
+    summary = {
+        "algo": config.algo,
+        "task": config.task,
+        "seed": config.seed,
+        "env_steps": progress.env_steps,
+        "updates": progress.updates,
+        "final_score": evals[-1]["normalized_score"],
+        "final_return": evals[-1]["return_mean"],
+        "best_score": best["normalized_score"],
+        "best_return": best["return_mean"],
+        "best_env_steps": best["env_steps"],
+        "wall_s": progress.wall_s,
+        "updates_per_s": progress.updates / progress.wall_s if progress.wall_s else 0.0,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    console.print(
+        f"final return {summary['final_return']:.1f} (score {summary['final_score']:.1f}), "
+        f"best {summary['best_return']:.1f}; run directory: {run_dir}"
+    )

@@ -1,0 +1,151 @@
+"""SAC / RLPD: the ensemble target by hand, a known-answer bandit, determinism, round-trip."""
+
+import dataclasses
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o.agents.sac import RLPD, SAC, SAC_DEFAULT, SACConfig
+from o2o.checkpoint import load_checkpoint, save_checkpoint
+
+OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+TINY = dict(hidden_dims=(16, 16), batch_size=32)
+
+
+def batch(key, n=32, utd=None):
+    k = jax.random.split(key, 4)
+    shape = (n,) if utd is None else (utd, n)
+    return {
+        "observations": jax.random.normal(k[0], (*shape, 3)),
+        "actions": jax.random.uniform(k[1], (*shape, 2), minval=-1, maxval=1),
+        "rewards": jax.random.normal(k[2], shape),
+        "next_observations": jax.random.normal(k[3], (*shape, 3)),
+        "masks": jnp.ones(shape).at[..., 0].set(0.0),
+    }
+
+
+def test_presets_are_the_reference_recipes():
+    assert (RLPD.num_critics, RLPD.num_min_critics, RLPD.utd_ratio) == (10, 2, 20)
+    assert RLPD.critic_layer_norm and RLPD.backup_entropy
+    assert (RLPD.offline_ratio, RLPD.start_steps, RLPD.init_temperature) == (0.5, 5000, 1.0)
+    assert (SAC_DEFAULT.num_critics, SAC_DEFAULT.utd_ratio, SAC_DEFAULT.offline_ratio) == (2, 1, 0)
+    agent = SAC.create(RLPD, OBS, ACT, 0)
+    assert agent.target_entropy == -1.0  # -|A| / 2
+
+
+@pytest.mark.parametrize("backup_entropy", [False, True])
+def test_target_is_min_over_random_subset_by_hand(backup_entropy):
+    cfg = SACConfig(**TINY, num_critics=5, num_min_critics=2, backup_entropy=backup_entropy)
+    agent = SAC.create(cfg, OBS, ACT, 0)
+    # Make target critics differ from the online ones so a wrong parameter set shows.
+    agent = agent.replace(
+        target_critic_params=jax.tree.map(lambda p: p * 1.5, agent.target_critic_params)
+    )
+    b = batch(jax.random.key(1))
+    key = jax.random.key(7)
+    loss, info = agent.critic_loss(agent.critic.params, b, key)
+
+    key_pi, key_subset = jax.random.split(key)
+    next_a, next_logp = agent._policy(agent.actor.params, b["next_observations"], key_pi)
+    all_next_q = agent.critic.apply_fn(agent.target_critic_params, b["next_observations"], next_a)
+    chosen = jax.random.choice(key_subset, 5, (2,), replace=False)
+    next_v = all_next_q[chosen].min(0)
+    if backup_entropy:
+        next_v = next_v - agent.temperature * next_logp
+    target = b["rewards"] + 0.99 * b["masks"] * next_v
+    q = agent.critic.apply_fn(agent.critic.params, b["observations"], b["actions"])
+    np.testing.assert_allclose(loss, jnp.mean((q - target) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(info["target_mean"], target.mean(), rtol=1e-5)
+    # The subset min is not the min over the whole ensemble (which would be more pessimistic).
+    assert float(all_next_q.min(0).mean()) < float(all_next_q[chosen].min(0).mean())
+
+
+def test_subset_varies_between_updates():
+    cfg = SACConfig(**TINY, num_critics=6, num_min_critics=1, backup_entropy=False)
+    agent = SAC.create(cfg, OBS, ACT, 0)
+    b = batch(jax.random.key(1))
+    targets = {
+        round(
+            float(agent.critic_loss(agent.critic.params, b, jax.random.key(s))[1]["target_mean"]), 4
+        )
+        for s in range(30)
+    }
+    assert len(targets) > 3  # different members are drawn
+
+
+def test_update_runs_utd_critic_steps_and_one_actor_step():
+    cfg = dataclasses.replace(RLPD, **TINY, utd_ratio=4)
+    agent = SAC.create(cfg, OBS, ACT, 0)
+    agent, metrics = jax.jit(lambda a, b: a.update(b))(agent, batch(jax.random.key(0), utd=4))
+    assert int(agent.critic.step) == 4 and int(agent.actor.step) == 1
+    assert int(agent.log_temperature.step) == 1
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_learns_known_answer_bandit():
+    """One-step task, reward -(a - 0.5)^2 per dimension: the greedy action must reach 0.5."""
+    cfg = SACConfig(
+        hidden_dims=(32, 32),
+        num_critics=2,
+        utd_ratio=1,
+        batch_size=64,
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+    )
+    agent = SAC.create(cfg, OBS, ACT, 0)
+
+    @jax.jit
+    def step(agent, key):
+        k_obs, k_act = jax.random.split(key)
+        obs = jax.random.normal(k_obs, (64, 3))
+        actions = jax.random.uniform(k_act, (64, 2), minval=-1, maxval=1)
+        b = {
+            "observations": obs,
+            "actions": actions,
+            "rewards": -jnp.sum((actions - 0.5) ** 2, -1),
+            "next_observations": obs,
+            "masks": jnp.zeros(64),
+        }
+        return agent.update(jax.tree.map(lambda x: x[None], b))
+
+    for key in jax.random.split(jax.random.key(0), 1500):
+        agent, metrics = step(agent, key)
+    greedy = agent.sample_actions(
+        jax.random.normal(jax.random.key(9), (100, 3)), jax.random.key(0), deterministic=True
+    )
+    assert float(jnp.abs(greedy - 0.5).mean()) < 0.1
+    assert float(metrics["critic_loss"]) < 0.05
+
+
+def test_deterministic_under_seed_and_checkpoint_round_trip(tmp_path):
+    cfg = dataclasses.replace(SAC_DEFAULT, **TINY)
+    upd = jax.jit(lambda a, b: a.update(b))
+    b = batch(jax.random.key(0), utd=1)
+    a1, _ = upd(SAC.create(cfg, OBS, ACT, 3), b)
+    a2, _ = upd(SAC.create(cfg, OBS, ACT, 3), b)
+    for x, y in zip(
+        jax.tree.leaves(a1.actor.params), jax.tree.leaves(a2.actor.params), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+
+    save_checkpoint(tmp_path / "ckpt", a1, {"env_steps": 5})
+    template = SAC.create(cfg, OBS, ACT, 99)
+    restored, progress = load_checkpoint(tmp_path / "ckpt", template)
+    assert progress == {"env_steps": 5}
+    obs = jnp.ones((1, 3))
+    np.testing.assert_array_equal(
+        restored.sample_actions(obs, jax.random.key(0)), a1.sample_actions(obs, jax.random.key(0))
+    )
+    np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(a1.rng))
+    other = SAC.create(dataclasses.replace(cfg, num_critics=3), OBS, ACT, 0)
+    with pytest.raises(ValueError, match="different configuration"):
+        load_checkpoint(tmp_path / "ckpt", other)
+
+
+def test_config_rejects_subset_larger_than_ensemble():
+    with pytest.raises(ValueError, match="num_min_critics"):
+        SACConfig(num_critics=2, num_min_critics=3)

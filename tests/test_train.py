@@ -1,0 +1,179 @@
+"""End-to-end runs through the CLI: outputs, resume without repeating warm-up, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from o2o.cli import main
+from o2o.data.dataset import Dataset
+from o2o.data.formats import save_native
+from o2o.logging import read_metrics
+
+TINY = ["--agent.hidden-dims", "16", "16", "--agent.batch-size", "16", "--eval-episodes", "2"]
+
+
+def run(*args):
+    main(["train", *args, *TINY])
+
+
+def test_sac_run_writes_outputs(tmp_path):
+    out = tmp_path / "run"
+    run(
+        "--algo",
+        "sac",
+        "--task",
+        "hopper",
+        "--online-steps",
+        "60",
+        "--eval-interval",
+        "30",
+        "--agent.start-steps",
+        "20",
+        "--out",
+        str(out),
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == "sac" and config["agent"]["num_critics"] == 2
+    records = read_metrics(out)
+    assert [r["env_steps"] for r in records] == [0, 30, 60]
+    for key in (
+        "normalized_score",
+        "return_mean",
+        "return_std",
+        "q_pred_mean",
+        "q_mc_mean",
+        "q_bias",
+        "updates_per_s",
+        "wall_s",
+        "phase",
+    ):
+        assert key in records[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env_steps"] == 60 and summary["updates"] == 40
+    assert list((out / "tb").iterdir()), "TensorBoard events missing"
+    assert (out / "checkpoints" / "latest" / "state.npz").exists()
+
+
+def test_resume_continues_without_repeating_warmup(tmp_path):
+    out = tmp_path / "run"
+    common = (
+        "--algo",
+        "rlpd",
+        "--task",
+        "hopper",
+        "--eval-interval",
+        "25",
+        "--agent.utd-ratio",
+        "2",
+        "--agent.num-critics",
+        "3",
+        "--agent.start-steps",
+        "40",
+        "--out",
+        str(out),
+    )
+    run(*common, "--online-steps", "50")
+    first = json.loads((out / "summary.json").read_text())
+    assert first["updates"] == (50 - 40) * 2
+    # Extend the same run: it resumes at step 50, past the warm-up, so every new step updates.
+    run(*common, "--online-steps", "100")
+    second = json.loads((out / "summary.json").read_text())
+    assert second["env_steps"] == 100
+    assert second["updates"] == (100 - 40) * 2
+    steps = [r["env_steps"] for r in read_metrics(out)]
+    assert steps == [0, 25, 50, 75, 100]  # no evaluation repeated or lost
+
+
+def test_resume_refuses_different_config(tmp_path):
+    out = tmp_path / "run"
+    run(
+        "--algo",
+        "sac",
+        "--online-steps",
+        "10",
+        "--eval-interval",
+        "10",
+        "--agent.start-steps",
+        "5",
+        "--out",
+        str(out),
+    )
+    with pytest.raises(SystemExit):
+        run(
+            "--algo",
+            "sac",
+            "--online-steps",
+            "10",
+            "--eval-interval",
+            "10",
+            "--agent.start-steps",
+            "5",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        )
+
+
+def test_rlpd_mixes_offline_dataset(tmp_path):
+    n = 200
+    rng = np.random.default_rng(0)
+    data = {
+        "observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "next_observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+    }
+    path = save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
+    out = tmp_path / "run"
+    run(
+        "--algo",
+        "rlpd",
+        "--task",
+        "hopper",
+        "--dataset",
+        str(path),
+        "--online-steps",
+        "30",
+        "--eval-interval",
+        "30",
+        "--agent.start-steps",
+        "10",
+        "--agent.utd-ratio",
+        "2",
+        "--agent.num-critics",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert json.loads((out / "summary.json").read_text())["updates"] == 40
+
+
+def test_dataset_with_wrong_action_range_is_rejected(tmp_path, capsys):
+    data = {
+        "observations": np.zeros((5, 11), np.float32),
+        "actions": np.full((5, 3), 2.0, np.float32),
+        "rewards": np.zeros(5, np.float32),
+        "next_observations": np.zeros((5, 11), np.float32),
+        "terminals": np.zeros(5, bool),
+    }
+    path = save_native(Dataset.from_arrays(data), tmp_path / "wide.npz")
+    with pytest.raises(SystemExit):
+        run("--algo", "rlpd", "--dataset", str(path), "--out", str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert "wide.npz" in err and "'actions'" in err and "outside the action space" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algo", "nope"], "unknown algorithm 'nope'"),
+        (["--algo", "sac", "--task", "marsrover"], "unknown task 'marsrover'"),
+    ],
+)
+def test_unknown_names_give_clear_errors(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["train", *args, "--out", str(tmp_path / "r")])
+    assert message in str(info.value) + capsys.readouterr().err
