@@ -7,7 +7,8 @@ median is reported), so their ratios are comparable even on a noisy machine. Net
 
 Rows:
 - o2o sac: 2 critics, one full update (critics, actor, temperature) per jitted call, batch
-  drawn on the device from a replay buffer, as the online loop does at UTD 1.
+  drawn on the device from a replay buffer, as the online loop does at UTD 1; and the same
+  with 20 updates scanned inside one call, as chunks of offline training run.
 - o2o rlpd: 10 LayerNorm critics, UTD 20: one call = 20 critic updates + 1 actor and
   temperature update; counted as 20 updates, the unit of the UTD ratio.
 - o2o sac-10: 10 critics at UTD 1, the like-for-like match of d3rlpy's 10-critic SAC.
@@ -66,10 +67,16 @@ def _buffer(n: int = 100_000) -> ReplayBuffer:
     )
 
 
+def _flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
 class O2OCase:
     """One agent config: a jitted call that samples `utd` batches on the device and updates."""
 
-    def __init__(self, config):
+    def __init__(self, config, calls_per_jit: int = 1):
         obs = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
         act = gym.spaces.Box(-1, 1, (ACT_DIM,), np.float32)
         self.config = config
@@ -78,19 +85,31 @@ class O2OCase:
         self.sampler = MixedSampler.create(None)
         utd = config.utd_ratio
 
-        def step(agent, key):
+        def one(carry, _):
+            agent, key = carry
             key, sub = jax.random.split(key)
             batch = self.sampler.sample(sub, self.buffer, utd * BATCH, jnp.int32(0))
             batch = jax.tree.map(lambda x: x.reshape(utd, BATCH, *x.shape[1:]), batch)
             agent, metrics = agent.update(batch)
-            return agent, key, metrics["critic_loss"]
+            return (agent, key), metrics["critic_loss"]
+
+        def step(agent, key):
+            if calls_per_jit == 1:
+                (agent, key), loss = one((agent, key), None)
+                return agent, key, loss
+            (agent, key), losses = jax.lax.scan(one, (agent, key), None, length=calls_per_jit)
+            return agent, key, losses[-1]
+
+        self.updates_per_call = utd * calls_per_jit
 
         self.step = jax.jit(step, donate_argnums=0)
         self.key = jax.random.key(1)
-        compiled = jax.jit(step).lower(self.agent, self.key).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        self.flops_per_call = float(cost.get("flops", float("nan")))
+        # XLA counts a scan body once, so FLOPs are taken from the unscanned pieces:
+        # one call = utd critic updates + 1 actor/temperature update, `calls_per_jit` times.
+        one_batch = self.buffer.sample(self.key, BATCH)
+        critic = _flops(lambda a, b: a.update_critic(b), self.agent, one_batch)
+        actor = _flops(lambda a, b: a.update_actor(b), self.agent, one_batch)
+        self.flops_per_call = calls_per_jit * (utd * critic + actor)
 
     def measure(self, seconds: float) -> float:
         """Updates per second (a call counts `utd_ratio` updates)."""
@@ -102,7 +121,7 @@ class O2OCase:
             calls += 1
         loss.block_until_ready()
         self.agent, self.key = agent, key
-        return calls * self.config.utd_ratio / (time.perf_counter() - start)
+        return calls * self.updates_per_call / (time.perf_counter() - start)
 
 
 def measure_peer(n_critics: int, updates: int) -> dict | None:
@@ -130,6 +149,9 @@ def measure_peer(n_critics: int, updates: int) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+SAC10 = dataclasses.replace(SAC_DEFAULT, num_critics=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -140,8 +162,10 @@ def main() -> None:
 
     cases = {
         "o2o sac (2 critics, UTD 1)": O2OCase(SAC_DEFAULT),
+        "o2o sac (2 critics), 20 updates scanned per call": O2OCase(SAC_DEFAULT, 20),
         "o2o rlpd (10 critics, UTD 20)": O2OCase(RLPD),
-        "o2o sac-10 (10 critics, UTD 1)": O2OCase(dataclasses.replace(SAC_DEFAULT, num_critics=10)),
+        "o2o sac-10 (10 critics, UTD 1)": O2OCase(SAC10),
+        "o2o sac-10 (10 critics), 20 updates scanned per call": O2OCase(SAC10, 20),
     }
     peers = {"d3rlpy sac (2 critics)": 2, "d3rlpy sac (10 critics)": 10}
     samples: dict[str, list[float]] = {name: [] for name in [*cases, *peers]}
@@ -169,16 +193,15 @@ def main() -> None:
         row = {"updates_per_s": statistics.median(values), "samples": values}
         if name in cases:
             case = cases[name]
-            flops_per_update = case.flops_per_call / case.config.utd_ratio
+            flops_per_update = case.flops_per_call / case.updates_per_call
             row["gflop_per_update"] = flops_per_update / 1e9
             row["fraction_of_matmul_peak"] = flops_per_update * row["updates_per_s"] / (peak * 1e9)
         rows[name] = row
     ratios = {}
-    for mine, peer in (
-        ("o2o sac (2 critics, UTD 1)", "d3rlpy sac (2 critics)"),
-        ("o2o rlpd (10 critics, UTD 20)", "d3rlpy sac (10 critics)"),
-        ("o2o sac-10 (10 critics, UTD 1)", "d3rlpy sac (10 critics)"),
-    ):
+    for mine in rows:
+        if not mine.startswith("o2o"):
+            continue
+        peer = "d3rlpy sac (2 critics)" if "(2 critics" in mine else "d3rlpy sac (10 critics)"
         if peer in rows:
             ratios[f"{mine} / {peer}"] = rows[mine]["updates_per_s"] / rows[peer]["updates_per_s"]
     result = {

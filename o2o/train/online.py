@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from o2o.checkpoint import load_checkpoint, save_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.envs.tasks import Task
-from o2o.logging import RunLogger
+from o2o.logging import RunLogger, console
 from o2o.train.evaluate import Evaluator
 
 
@@ -62,8 +62,21 @@ class RunProgress:
     buffer_capacity: int = 0
 
 
+def _example_transition(env) -> dict[str, np.ndarray]:
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    return {
+        "observations": np.zeros(obs_dim, np.float32),
+        "actions": np.zeros(act_dim, np.float32),
+        "rewards": np.float32(0),
+        "next_observations": np.zeros(obs_dim, np.float32),
+        "masks": np.float32(0),
+    }
+
+
 @dataclass
 class OnlineLoop:
+    """Online training of `agent` on `task`; `run()` resumes from the run's checkpoint."""
+
     task: Task
     agent: Any
     sampler: MixedSampler
@@ -74,137 +87,129 @@ class OnlineLoop:
     eval_episodes: int
     buffer_capacity: int = 1_000_000
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / "latest"
+
     def run(self) -> RunProgress:
         cfg = self.agent.config
-        env = self.task.make_env()
-        act_dim = env.action_space.shape[0]
-        obs_dim = env.observation_space.shape[0]
-        example = {
-            "observations": np.zeros(obs_dim, np.float32),
-            "actions": np.zeros(act_dim, np.float32),
-            "rewards": np.float32(0),
-            "next_observations": np.zeros(obs_dim, np.float32),
-            "masks": np.float32(0),
-        }
-        capacity = max(1, min(self.online_steps, self.buffer_capacity))
-        agent = self.agent
-        key = jax.random.key(self.seed + 1)
-        progress = RunProgress(buffer_capacity=capacity)
-        ckpt_dir = self.run_dir / "checkpoints" / "latest"
-        if ckpt_dir.exists():
-            saved = json.loads((ckpt_dir / "progress.json").read_text())
-            template = (agent, ReplayBuffer.create(example, saved["buffer_capacity"]), key)
-            (agent, buffer, key), saved = load_checkpoint(ckpt_dir, template)
-            progress = RunProgress(**saved)
-            if capacity > buffer.capacity:  # the run was extended: keep every transition
-                buffer = buffer.grown(capacity)
-                progress.buffer_capacity = capacity
-        else:
-            buffer = ReplayBuffer.create(example, capacity)
-        np_rng = np.random.default_rng(self.seed)
-        if progress.np_rng_state is not None:
-            np_rng.bit_generator.state = progress.np_rng_state
-        resumed = progress.env_steps > 0
-        logger = RunLogger(self.run_dir, progress.env_steps if resumed else None)
-        evaluator = Evaluator(
+        self.env = self.task.make_env()
+        self._restore()
+        resumed = self.progress.env_steps > 0
+        self.logger = RunLogger(self.run_dir, self.progress.env_steps if resumed else None)
+        self.evaluator = Evaluator(
             self.task, self.eval_episodes, seed=10_000 + self.seed, gamma=cfg.discount
         )
-
         # A resumed run starts a fresh episode: simulator state is not checkpointed.
-        obs, _ = env.reset(seed=self.seed + 7919 * progress.env_steps)
-        obs = obs.astype(np.float32)
-        key, key_act = jax.random.split(key)
-        next_action = np.asarray(_act(agent, jnp.asarray(obs), key_act))
-        episode_return, episode_len = 0.0, 0
-        metrics: dict = {}
-        t_interval, updates_interval = time.perf_counter(), 0
-
-        def evaluate_and_save():
-            nonlocal t_interval, updates_interval
-            elapsed = time.perf_counter() - t_interval
-            record = {
-                "step": progress.env_steps,
-                "phase": "online",
-                "env_steps": progress.env_steps,
-            }
-            record |= evaluator(agent)
-            record["updates_per_s"] = updates_interval / elapsed if updates_interval else 0.0
-            progress.wall_s += elapsed
-            record["wall_s"] = progress.wall_s
-            record |= {f"train/{k}": float(v) for k, v in metrics.items()}
-            logger.log(record)
-            progress.evaluations.append(
-                {k: record[k] for k in ("env_steps", "normalized_score", "return_mean")}
-            )
-            progress.np_rng_state = np_rng.bit_generator.state
-            save_checkpoint(ckpt_dir, (agent, buffer, key), progress.__dict__)
-            t_interval, updates_interval = time.perf_counter(), 0
-            return record
+        obs = self.env.reset(seed=self.seed + 7919 * self.progress.env_steps)[0]
+        self.obs = obs.astype(np.float32)
+        self.key, key_act = jax.random.split(self.key)
+        self.next_action = np.asarray(_act(self.agent, jnp.asarray(self.obs), key_act))
+        self.episode_return, self.metrics = 0.0, {}
+        self.t_interval, self.updates_interval = time.perf_counter(), 0
 
         with _progress_bar() as bar:
             task_id = bar.add_task(
-                "online", total=self.online_steps, completed=progress.env_steps, info=""
+                "online", total=self.online_steps, completed=self.progress.env_steps, info=""
             )
             if not resumed:
-                record = evaluate_and_save()
-                bar.update(task_id, info=f"return {record['return_mean']:.0f}")
-            while progress.env_steps < self.online_steps:
-                if progress.env_steps < cfg.start_steps:
-                    action = np_rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
-                else:
-                    action = next_action
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                next_obs = next_obs.astype(np.float32)
-                transition = {
-                    "observations": obs,
-                    "actions": action,
-                    "rewards": np.float32(reward),
-                    "next_observations": next_obs,
-                    "masks": np.float32(1.0 - terminated),
-                }
-                episode_return += float(reward)
-                episode_len += 1
-                if terminated or truncated:
-                    progress.episodes += 1
-                    logger.tb.add_scalar("online/train_return", episode_return, progress.env_steps)
-                    obs = env.reset()[0].astype(np.float32)
-                    episode_return, episode_len = 0.0, 0
-                else:
-                    obs = next_obs
-                update = progress.env_steps >= cfg.start_steps
-                agent, buffer, key, next_action, step_metrics = _env_step(
-                    agent,
-                    buffer,
-                    key,
-                    transition,
-                    obs,
-                    progress.env_steps,
-                    self.sampler,
-                    update=update,
-                    utd=cfg.utd_ratio,
-                    batch_size=cfg.batch_size,
-                )
-                next_action = np.asarray(next_action)
-                if update:
-                    metrics = step_metrics
-                    progress.updates += cfg.utd_ratio
-                    updates_interval += cfg.utd_ratio
-                progress.env_steps += 1
+                self._evaluate_and_save()
+            while self.progress.env_steps < self.online_steps:
+                self._step()
                 bar.advance(task_id)
-                if (
-                    progress.env_steps % self.eval_interval == 0
-                    or progress.env_steps == self.online_steps
-                ):
-                    record = evaluate_and_save()
-                    bar.update(
-                        task_id,
-                        info=f"return {record['return_mean']:.0f} "
-                        f"score {record['normalized_score']:.1f} "
-                        f"{record['updates_per_s']:.0f} upd/s",
-                    )
-        logger.close()
-        self.agent = agent
-        return progress
+                steps = self.progress.env_steps
+                if steps % self.eval_interval == 0 or steps == self.online_steps:
+                    record = self._evaluate_and_save()
+                    bar.update(task_id, info=f"return {record['return_mean']:.0f}")
+        self.logger.close()
+        return self.progress
+
+    def _restore(self) -> None:
+        """Fresh state, or the checkpoint's (growing the buffer if the run was extended)."""
+        example = _example_transition(self.env)
+        capacity = max(1, min(self.online_steps, self.buffer_capacity))
+        self.key = jax.random.key(self.seed + 1)
+        self.progress = RunProgress(buffer_capacity=capacity)
+        self.buffer = ReplayBuffer.create(example, capacity)
+        self.np_rng = np.random.default_rng(self.seed)
+        if not self.checkpoint_dir.exists():
+            return
+        saved = json.loads((self.checkpoint_dir / "progress.json").read_text())
+        template = (self.agent, ReplayBuffer.create(example, saved["buffer_capacity"]), self.key)
+        (self.agent, self.buffer, self.key), saved = load_checkpoint(self.checkpoint_dir, template)
+        self.progress = RunProgress(**saved)
+        if capacity > self.buffer.capacity:  # the run was extended: keep every transition
+            self.buffer = self.buffer.grown(capacity)
+            self.progress.buffer_capacity = capacity
+        self.np_rng.bit_generator.state = self.progress.np_rng_state
+
+    def _step(self) -> None:
+        """One environment step, its storage, and (after the warm-up) one block of updates."""
+        cfg, progress = self.agent.config, self.progress
+        if progress.env_steps < cfg.start_steps:
+            action = self.np_rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+        else:
+            action = self.next_action
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        next_obs = next_obs.astype(np.float32)
+        transition = {
+            "observations": self.obs,
+            "actions": action,
+            "rewards": np.float32(reward),
+            "next_observations": next_obs,
+            "masks": np.float32(1.0 - terminated),
+        }
+        self.episode_return += float(reward)
+        if terminated or truncated:
+            progress.episodes += 1
+            self.logger.tb.add_scalar(
+                "online/train_return", self.episode_return, progress.env_steps
+            )
+            self.obs, self.episode_return = self.env.reset()[0].astype(np.float32), 0.0
+        else:
+            self.obs = next_obs
+        update = progress.env_steps >= cfg.start_steps
+        self.agent, self.buffer, self.key, next_action, metrics = _env_step(
+            self.agent,
+            self.buffer,
+            self.key,
+            transition,
+            self.obs,
+            progress.env_steps,
+            self.sampler,
+            update=update,
+            utd=cfg.utd_ratio,
+            batch_size=cfg.batch_size,
+        )
+        self.next_action = np.asarray(next_action)
+        if update:
+            self.metrics = metrics
+            progress.updates += cfg.utd_ratio
+            self.updates_interval += cfg.utd_ratio
+        progress.env_steps += 1
+
+    def _evaluate_and_save(self) -> dict[str, Any]:
+        progress = self.progress
+        elapsed = time.perf_counter() - self.t_interval
+        progress.wall_s += elapsed
+        record = {"step": progress.env_steps, "phase": "online", "env_steps": progress.env_steps}
+        record |= self.evaluator(self.agent)
+        record["updates_per_s"] = self.updates_interval / elapsed if self.updates_interval else 0.0
+        record["wall_s"] = progress.wall_s
+        record |= {f"train/{k}": float(v) for k, v in self.metrics.items()}
+        self.logger.log(record)
+        console.print(
+            f"step {progress.env_steps:>8}  return {record['return_mean']:9.1f}  "
+            f"score {record['normalized_score']:6.1f}  q_bias {record['q_bias']:8.2f}  "
+            f"{record['updates_per_s']:6.0f} updates/s"
+        )
+        progress.evaluations.append(
+            {k: record[k] for k in ("env_steps", "normalized_score", "return_mean")}
+        )
+        progress.np_rng_state = self.np_rng.bit_generator.state
+        save_checkpoint(self.checkpoint_dir, (self.agent, self.buffer, self.key), progress.__dict__)
+        self.t_interval, self.updates_interval = time.perf_counter(), 0
+        return record
 
 
 def _progress_bar() -> Progress:
@@ -214,4 +219,5 @@ def _progress_bar() -> Progress:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
+        console=console,
     )

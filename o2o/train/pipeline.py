@@ -25,12 +25,13 @@ class TrainConfig:
     """Everything a run needs; saved as `config.json` in the run directory."""
 
     algo: str = "sac"
-    """Algorithm name (see `o2o train --help` for the list)."""
+    """Algorithm name (the list is above)."""
     task: str = DEFAULT_TASK
     """Task name, e.g. hopper, halfcheetah, walker2d, ant."""
     online_steps: int = 100_000
     """Environment steps of online training."""
     seed: int = 0
+    """Seeds the networks, the warm-up actions and the environment."""
     out: Path | None = None
     """Run directory; default runs/TASK-ALGO-seedS. An existing run there is resumed."""
     dataset: Path | None = None
@@ -38,6 +39,7 @@ class TrainConfig:
     eval_interval: int = 5000
     """Environment steps between evaluations (and checkpoints)."""
     eval_episodes: int = 10
+    """Deterministic episodes per evaluation, from fixed reset seeds."""
     agent: SACConfig = dataclasses.field(default_factory=SACConfig)
     """Agent hyperparameters; defaults are the algorithm's reference recipe."""
 
