@@ -4,14 +4,22 @@ Runs only in the peer venv (`make bench-venv`: torch==2.13.0, d3rlpy==2.8.1), wh
 d3rlpy's older gymnasium pin away from the project. It times d3rlpy's own training step,
 as `fit` runs it: `dataset.sample_transition_batch(batch_size)` then `algo.update(batch)`.
 Prints one JSON line.
+
+OMP_WAIT_POLICY defaults to PASSIVE here: torch's OpenMP threads otherwise spin-wait, and on a
+busy 2-core machine one update then takes ~1.3 s instead of ~16 ms. Idle machines barely care.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
 import time
 from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
 
 import d3rlpy
 import numpy as np
@@ -44,25 +52,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     terminals = np.zeros(args.size, np.float32)
     terminals[999::1000] = 1.0
-    dataset = d3rlpy.dataset.MDPDataset(
-        observations=rng.normal(size=(args.size, args.obs_dim)).astype(np.float32),
-        actions=rng.uniform(-1, 1, (args.size, args.act_dim)).astype(np.float32),
-        rewards=rng.normal(size=args.size).astype(np.float32),
-        terminals=terminals,
-    )
-    algo = build(args.algo, args.n_critics, args.batch, args.hidden).create(device="cpu:0")
-    algo.build_with_dataset(dataset)
-    for _ in range(args.warmup):
-        algo.update(dataset.sample_transition_batch(args.batch))
-    start = time.perf_counter()
-    for _ in range(args.updates):
-        algo.update(dataset.sample_transition_batch(args.batch))
-    seconds = time.perf_counter() - start
+    # d3rlpy's structlog writes its info lines to stdout: keep stdout for the one JSON line.
+    with contextlib.redirect_stdout(sys.stderr):
+        dataset = d3rlpy.dataset.MDPDataset(
+            observations=rng.normal(size=(args.size, args.obs_dim)).astype(np.float32),
+            actions=rng.uniform(-1, 1, (args.size, args.act_dim)).astype(np.float32),
+            rewards=rng.normal(size=args.size).astype(np.float32),
+            terminals=terminals,
+        )
+        algo = build(args.algo, args.n_critics, args.batch, args.hidden).create(device="cpu:0")
+        algo.build_with_dataset(dataset)
+        for _ in range(args.warmup):
+            algo.update(dataset.sample_transition_batch(args.batch))
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            algo.update(dataset.sample_transition_batch(args.batch))
+        seconds = time.perf_counter() - start
     print(
         json.dumps(
             {
@@ -74,6 +87,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "d3rlpy": d3rlpy.__version__,
                 "threads": torch.get_num_threads(),
+                "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
             }
         )
     )

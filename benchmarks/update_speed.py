@@ -12,7 +12,8 @@ Rows:
 - o2o rlpd: 10 LayerNorm critics, UTD 20: one call = 20 critic updates + 1 actor and
   temperature update; counted as 20 updates, the unit of the UTD ratio.
 - o2o sac-10: 10 critics at UTD 1, the like-for-like match of d3rlpy's 10-critic SAC.
-- d3rlpy sac (n_critics 2 and 10): its own sample-and-update loop (benchmarks/peer_d3rlpy.py).
+- d3rlpy sac (n_critics 2 and 10): its own sample-and-update loop (benchmarks/peer_d3rlpy.py),
+  the better of 1 and 2 torch threads in each round.
 The fraction of peak divides XLA's FLOP count of one compiled update by the time it takes
 and by the measured float32 1024x1024 matmul rate.
 """
@@ -125,28 +126,36 @@ class O2OCase:
 
 
 def measure_peer(n_critics: int, updates: int) -> dict | None:
+    """d3rlpy's best of 1 and 2 torch threads (1 is often faster for such small networks)."""
     if not PEER_PYTHON.exists():
         return None
-    cmd = [
-        str(PEER_PYTHON),
-        str(ROOT / "peer_d3rlpy.py"),
-        "--algo",
-        "sac",
-        "--n-critics",
-        str(n_critics),
-        "--updates",
-        str(updates),
-        "--warmup",
-        "20",
-        "--obs-dim",
-        str(OBS_DIM),
-        "--act-dim",
-        str(ACT_DIM),
-        "--batch",
-        str(BATCH),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    best = None
+    for threads in (1, 2):
+        cmd = [
+            str(PEER_PYTHON),
+            str(ROOT / "peer_d3rlpy.py"),
+            "--algo",
+            "sac",
+            "--n-critics",
+            str(n_critics),
+            "--updates",
+            str(updates),
+            "--warmup",
+            "20",
+            "--obs-dim",
+            str(OBS_DIM),
+            "--act-dim",
+            str(ACT_DIM),
+            "--batch",
+            str(BATCH),
+            "--threads",
+            str(threads),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        if best is None or result["updates_per_s"] > best["updates_per_s"]:
+            best = result
+    return best
 
 
 SAC10 = dataclasses.replace(SAC_DEFAULT, num_critics=10)
@@ -178,7 +187,7 @@ def main() -> None:
             result = measure_peer(n, args.peer_updates)
             if result is not None:
                 samples[name].append(result["updates_per_s"])
-                peer_info = {k: result[k] for k in ("torch", "d3rlpy", "threads")}
+                peer_info = {k: result[k] for k in ("torch", "d3rlpy", "omp_wait_policy")}
         print(
             f"round {r + 1}/{args.rounds}: "
             + ", ".join(f"{k}: {v[-1]:.1f}/s" for k, v in samples.items() if v),

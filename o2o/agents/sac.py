@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import flax.struct
 import gymnasium as gym
@@ -40,6 +40,7 @@ class SACConfig:
     num_min_critics: int = 2  # size of the random subset whose min is the target
     critic_layer_norm: bool = True
     backup_entropy: bool = True
+    actor_q: Literal["mean", "min"] = "mean"  # how the actor reduces the ensemble (RLPD: mean)
     target_entropy: float | None = None  # None: -|A| / 2
     init_temperature: float = 1.0
     actor_lr: float = 3e-4
@@ -151,9 +152,10 @@ class SAC(flax.struct.PyTreeNode):
         return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": target.mean()}
 
     def actor_loss(self, actor_params, batch, key: jax.Array):
-        """E[alpha log pi(a|s) - mean_i Q_i(s, a)], a ~ pi(.|s) reparameterised."""
+        """E[alpha log pi(a|s) - agg_i Q_i(s, a)], a ~ pi(.|s); agg = mean (RLPD) or min."""
         actions, log_probs = self._policy(actor_params, batch["observations"], key)
-        q = self.critic.apply_fn(self.critic.params, batch["observations"], actions).mean(0)
+        qs = self.critic.apply_fn(self.critic.params, batch["observations"], actions)
+        q = qs.min(0) if self.config.actor_q == "min" else qs.mean(0)
         loss = jnp.mean(self.temperature * log_probs - q)
         return loss, {"actor_loss": loss, "entropy": -log_probs.mean()}
 
