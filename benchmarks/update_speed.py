@@ -5,13 +5,14 @@ All rows are measured in one run on one machine, interleaved over `--rounds` rou
 median is reported), so their ratios are comparable even on a noisy machine. Networks:
 256x256 MLPs, batch 256, observation dim 17, action dim 6 (HalfCheetah's shapes).
 
-Rows:
-- o2o sac: 2 critics, one full update (critics, actor, temperature) per jitted call, batch
-  drawn on the device from a replay buffer, as the online loop does at UTD 1; and the same
-  with 20 updates scanned inside one call, as chunks of offline training run.
+Rows (d3rlpy's SAC critics have no LayerNorm, so "d3rlpy's networks" rows turn it off):
+- o2o sac, d3rlpy's networks: 2 critics without LayerNorm, one full update (critics, actor,
+  temperature) per jitted call with the batch drawn on the device, as the online loop runs at
+  UTD 1; and the same with 20 updates scanned inside one call, as offline chunks run.
+- o2o sac (default): the same with o2o's LayerNorm critics.
 - o2o rlpd: 10 LayerNorm critics, UTD 20: one call = 20 critic updates + 1 actor and
-  temperature update; counted as 20 updates, the unit of the UTD ratio.
-- o2o sac-10: 10 critics at UTD 1, the like-for-like match of d3rlpy's 10-critic SAC.
+  temperature update, counted as 20 updates (the unit of the UTD ratio).
+- o2o sac-10, d3rlpy's networks: 10 critics without LayerNorm, like d3rlpy's `n_critics=10`.
 - d3rlpy sac (n_critics 2 and 10): its own sample-and-update loop (benchmarks/peer_d3rlpy.py),
   the better of 1 and 2 torch threads in each round.
 The fraction of peak divides XLA's FLOP count of one compiled update by the time it takes
@@ -158,7 +159,8 @@ def measure_peer(n_critics: int, updates: int) -> dict | None:
     return best
 
 
-SAC10 = dataclasses.replace(SAC_DEFAULT, num_critics=10)
+SAC2_PLAIN = dataclasses.replace(SAC_DEFAULT, critic_layer_norm=False)
+SAC10_PLAIN = dataclasses.replace(SAC2_PLAIN, num_critics=10)
 
 
 def main() -> None:
@@ -170,11 +172,14 @@ def main() -> None:
     args = parser.parse_args()
 
     cases = {
-        "o2o sac (2 critics, UTD 1)": O2OCase(SAC_DEFAULT),
-        "o2o sac (2 critics), 20 updates scanned per call": O2OCase(SAC_DEFAULT, 20),
-        "o2o rlpd (10 critics, UTD 20)": O2OCase(RLPD),
-        "o2o sac-10 (10 critics, UTD 1)": O2OCase(SAC10),
-        "o2o sac-10 (10 critics), 20 updates scanned per call": O2OCase(SAC10, 20),
+        "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), UTD 1": O2OCase(SAC2_PLAIN),
+        "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), 20 scanned": O2OCase(SAC2_PLAIN, 20),
+        "o2o sac default (2 LayerNorm critics), UTD 1": O2OCase(SAC_DEFAULT),
+        "o2o rlpd (10 LayerNorm critics, UTD 20)": O2OCase(RLPD),
+        "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), UTD 1": O2OCase(SAC10_PLAIN),
+        "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), 20 scanned": O2OCase(
+            SAC10_PLAIN, 20
+        ),
     }
     peers = {"d3rlpy sac (2 critics)": 2, "d3rlpy sac (10 critics)": 10}
     samples: dict[str, list[float]] = {name: [] for name in [*cases, *peers]}
@@ -210,7 +215,7 @@ def main() -> None:
     for mine in rows:
         if not mine.startswith("o2o"):
             continue
-        peer = "d3rlpy sac (2 critics)" if "(2 critics" in mine else "d3rlpy sac (10 critics)"
+        peer = "d3rlpy sac (2 critics)" if "(2 " in mine else "d3rlpy sac (10 critics)"
         if peer in rows:
             ratios[f"{mine} / {peer}"] = rows[mine]["updates_per_s"] / rows[peer]["updates_per_s"]
     result = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import tyro
@@ -26,7 +27,7 @@ commands:
 `o2o COMMAND --help` lists a command's flags."""
 
 # The demo's budget: the RLPD recipe on the default task, cut to run in minutes on 2 CPU cores.
-DEMO_STEPS = 3000
+DEMO_STEPS = 2500
 DEMO_START_STEPS = 1000
 
 
@@ -50,17 +51,20 @@ def train_command(argv: list[str]) -> Path:
 
 def demo_command(argv: list[str]) -> Path:
     parser = argparse.ArgumentParser(prog="o2o demo", description=USAGE.splitlines()[4].strip())
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/demo-TIMESTAMP")
+    parser.add_argument("--online-steps", type=int, default=DEMO_STEPS)
+    parser.add_argument("--start-steps", type=int, default=DEMO_START_STEPS)
     args = parser.parse_args(argv)
+    args.out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     config = default_config(
-        "rlpd", out=args.out, online_steps=DEMO_STEPS, eval_interval=1000, eval_episodes=5
+        "rlpd", out=args.out, online_steps=args.online_steps, eval_interval=1000, eval_episodes=5
     )
     config = dataclasses.replace(
-        config, agent=dataclasses.replace(config.agent, start_steps=DEMO_START_STEPS)
+        config, agent=dataclasses.replace(config.agent, start_steps=args.start_steps)
     )
     console.print(
-        f"o2o demo: RLPD on {config.task} for {DEMO_STEPS} environment steps "
-        f"({DEMO_START_STEPS} random, then {config.agent.utd_ratio} updates per step)"
+        f"o2o demo: RLPD on {config.task} for {args.online_steps} environment steps "
+        f"({args.start_steps} random, then {config.agent.utd_ratio} updates per step)"
     )
     run_dir = train(config)
     print(f"report: {run_dir / 'summary.json'} (metrics: {run_dir / 'metrics.jsonl'})")

@@ -177,3 +177,18 @@ def test_unknown_names_give_clear_errors(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["train", *args, "--out", str(tmp_path / "r")])
     assert message in str(info.value) + capsys.readouterr().err
+
+
+def test_demo_smoke(tmp_path, capsys):
+    out = tmp_path / "demo"
+    main(["demo", "--online-steps", "12", "--start-steps", "10", "--out", str(out)])
+    assert str(out) in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algo"] == "rlpd" and summary["updates"] == 2 * 20
+
+
+def test_top_level_usage(capsys):
+    main([])
+    assert "o2o train" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown command"):
+        main(["fly"])
