@@ -83,14 +83,15 @@ def train(config: TrainConfig) -> Path:
     (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=1))
 
     env = task.make_env()
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
     offline = None
     if config.dataset is not None:
-        space = env.action_space
-        dataset, _ = load_native(config.dataset, space.low, space.high)
-        if dataset.observation_dim != env.observation_space.shape[0]:
+        dataset, _ = load_native(config.dataset, act_space.low, act_space.high)
+        if dataset.observation_dim != obs_space.shape[0]:
             raise ValueError(
                 f"{config.dataset}: observations have dim {dataset.observation_dim} but task "
-                f"'{task.name}' has {env.observation_space.shape[0]}; pick the matching --task"
+                f"'{task.name}' has {obs_space.shape[0]}; pick the matching --task"
             )
         offline = ReplayBuffer.from_arrays(dataset.transitions())
     elif config.agent.offline_ratio > 0:
@@ -99,9 +100,7 @@ def train(config: TrainConfig) -> Path:
             f"(offline_ratio {config.agent.offline_ratio} ignored)"
         )
     sampler = MixedSampler.create(offline, config.agent.offline_ratio)
-    agent = spec.agent_cls.create(
-        config.agent, env.observation_space, env.action_space, config.seed
-    )
+    agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
     start = time.perf_counter()
     loop = OnlineLoop(
         task,
