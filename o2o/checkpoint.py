@@ -39,6 +39,12 @@ def save_checkpoint(directory: Path, tree: Any, progress: dict[str, Any]) -> Non
     shutil.rmtree(old, ignore_errors=True)
 
 
+def stored_shapes(directory: Path) -> list[tuple[int, ...]]:
+    """Shapes of the stored arrays, in tree order (to size a template before loading)."""
+    with np.load(Path(directory) / "state.npz") as npz:
+        return [npz[f"leaf_{i}"].shape for i in range(len(npz.files))]
+
+
 def load_checkpoint(directory: Path, template: Any) -> tuple[Any, dict[str, Any]]:
     """Restore a pytree shaped like `template`, and the progress counters."""
     directory = Path(directory)

@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (KeyError, ValueError, FileNotFoundError, TypeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        console.print(f"[red]o2o {argv[0]}: error:[/red] {message}")
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]o2o {argv[0]}: error:[/red] {err}")
         raise SystemExit(2) from err
 
 

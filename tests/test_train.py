@@ -1,5 +1,6 @@
 """End-to-end runs through the CLI: outputs, resume without repeating warm-up, bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from o2o.cli import main
 from o2o.data.dataset import Dataset
 from o2o.data.formats import save_native
 from o2o.logging import read_metrics
+from o2o.train.pipeline import load_config, train
 
 TINY = ["--agent.hidden-dims", "16", "16", "--agent.batch-size", "16", "--eval-episodes", "2"]
 
@@ -87,7 +89,7 @@ def test_resume_continues_without_repeating_warmup(tmp_path):
 
 def test_resume_refuses_different_config(tmp_path):
     out = tmp_path / "run"
-    run(
+    common = (
         "--algo",
         "sac",
         "--online-steps",
@@ -99,21 +101,38 @@ def test_resume_refuses_different_config(tmp_path):
         "--out",
         str(out),
     )
-    with pytest.raises(SystemExit):
-        run(
-            "--algo",
-            "sac",
-            "--online-steps",
-            "10",
-            "--eval-interval",
-            "10",
-            "--agent.start-steps",
-            "5",
-            "--seed",
-            "1",
-            "--out",
-            str(out),
-        )
+    run(*common)
+    with pytest.raises(SystemExit) as info:
+        main(["train", *common, *TINY, "--seed", "1"])
+    with pytest.raises(ValueError, match=r"agent\.tau \(saved 0\.005, now 0\.01\)"):
+        config = load_config(out)
+        train(dataclasses.replace(config, agent=dataclasses.replace(config.agent, tau=0.01)))
+    assert info.value.code == 2
+
+
+def test_resume_accepts_run_from_before_a_field_existed(tmp_path):
+    """A run written before a config field or counter was added resumes with its default."""
+    out = tmp_path / "run"
+    common = (
+        "--algo",
+        "sac",
+        "--eval-interval",
+        "10",
+        "--agent.start-steps",
+        "5",
+        "--out",
+        str(out),
+    )
+    run(*common, "--online-steps", "10")
+    config = json.loads((out / "config.json").read_text())
+    del config["agent"]["actor_q"]
+    (out / "config.json").write_text(json.dumps(config))
+    progress_path = out / "checkpoints" / "latest" / "progress.json"
+    progress = json.loads(progress_path.read_text())
+    del progress["buffer_capacity"]
+    progress_path.write_text(json.dumps(progress))
+    run(*common, "--online-steps", "20")
+    assert json.loads((out / "summary.json").read_text())["env_steps"] == 20
 
 
 def test_rlpd_mixes_offline_dataset(tmp_path):

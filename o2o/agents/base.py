@@ -67,5 +67,5 @@ def get_agent(name: str) -> AgentSpec:
     """The registered algorithm `name`, or an error listing the known ones."""
     if name not in AGENTS:
         known = ", ".join(sorted(AGENTS))
-        raise KeyError(f"unknown algorithm '{name}'; known algorithms: {known}")
+        raise ValueError(f"unknown algorithm '{name}'; known algorithms: {known}")
     return AGENTS[name]

@@ -57,9 +57,9 @@ def get_task(name: str) -> Task:
     base, _, level = name.partition("-")
     if base not in TASKS:
         known = ", ".join(sorted(TASKS))
-        raise KeyError(f"unknown task '{name}'; known tasks: {known}")
+        raise ValueError(f"unknown task '{name}'; known tasks: {known}")
     if level:
-        raise KeyError(
+        raise ValueError(
             f"task '{name}' names a dataset level ('{level}'), and generated datasets are not "
             f"available yet; use --task {base} with --dataset PATH to a native .npz file"
         )

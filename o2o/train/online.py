@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from o2o.checkpoint import load_checkpoint, save_checkpoint
+from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console
@@ -135,6 +135,9 @@ class OnlineLoop:
         if not self.checkpoint_dir.exists():
             return
         saved = json.loads((self.checkpoint_dir / "progress.json").read_text())
+        if "buffer_capacity" not in saved:  # checkpoints written before the field existed
+            first_buffer_leaf = len(jax.tree.leaves(self.agent))
+            saved["buffer_capacity"] = stored_shapes(self.checkpoint_dir)[first_buffer_leaf][0]
         template = (self.agent, ReplayBuffer.create(example, saved["buffer_capacity"]), self.key)
         (self.agent, self.buffer, self.key), saved = load_checkpoint(self.checkpoint_dir, template)
         self.progress = RunProgress(**saved)

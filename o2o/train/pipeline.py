@@ -53,19 +53,47 @@ def default_config(algo: str, **overrides) -> TrainConfig:
     return TrainConfig(algo=algo, agent=spec.default_config, **overrides)
 
 
+def load_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run directory was made with, to rerun or extend it."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    agent = saved.pop("agent")
+    agent["hidden_dims"] = tuple(agent["hidden_dims"])
+    agent = dataclasses.replace(get_agent(saved["algo"]).default_config, **agent)
+    dataset = saved.pop("dataset")
+    return TrainConfig(
+        **saved | {"out": Path(run_dir), "agent": agent},
+        dataset=None if dataset is None else Path(dataset),
+    )
+
+
 def _config_json(config: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _differences(saved: dict, current: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Fields whose saved value differs from the current one; a field the saved config lacks
+    (added to o2o after the run started) counts as holding its default."""
+    diffs = []
+    for key, value in current.items():
+        name = f"{prefix}{key}"
+        old = saved.get(key, defaults.get(key))
+        if isinstance(value, dict) and isinstance(old, dict):
+            diffs += _differences(old, value, defaults.get(key) or {}, f"{name}.")
+        elif old != value:
+            diffs.append(f"{name} (saved {old!r}, now {value!r})")
+    return diffs
 
 
 def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
     """A run directory is reused only by the same configuration (online_steps may grow)."""
     saved = json.loads((run_dir / "config.json").read_text())
-    current = _config_json(config)
-    diff = [k for k in current if k not in ("online_steps", "out") and saved.get(k) != current[k]]
+    current = {k: v for k, v in _config_json(config).items() if k not in ("online_steps", "out")}
+    defaults = _config_json(default_config(config.algo))
+    diff = _differences(saved, current, defaults)
     if diff:
         raise ValueError(
-            f"{run_dir} holds a run with a different configuration (fields: {', '.join(diff)}); "
-            "choose another --out, or delete that directory to start over"
+            f"{run_dir} holds a run with a different configuration: {'; '.join(diff)}. "
+            "Choose another --out, or delete that directory to start over"
         )
 
 
