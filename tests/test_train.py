@@ -12,118 +12,78 @@ from o2o.data.formats import save_native
 from o2o.logging import read_metrics
 from o2o.train.pipeline import load_config, train
 
-TINY = ["--agent.hidden-dims", "16", "16", "--agent.batch-size", "16", "--eval-episodes", "2"]
+TINY = "--agent.hidden-dims 16 16 --agent.batch-size 16 --eval-episodes 2"
+METRIC_KEYS = (
+    "normalized_score",
+    "return_mean",
+    "return_std",
+    "q_pred_mean",
+    "q_mc_mean",
+    "q_bias",
+    "updates_per_s",
+    "wall_s",
+    "phase",
+)
 
 
-def run(*args):
-    main(["train", *args, *TINY])
+def run(flags: str) -> None:
+    """`o2o train FLAGS` with tiny networks (paths in FLAGS must hold no spaces)."""
+    main(["train", *flags.split(), *TINY.split()])
+
+
+def summary(out) -> dict:
+    return json.loads((out / "summary.json").read_text())
 
 
 def test_sac_run_writes_outputs(tmp_path):
     out = tmp_path / "run"
     run(
-        "--algo",
-        "sac",
-        "--task",
-        "hopper",
-        "--online-steps",
-        "60",
-        "--eval-interval",
-        "30",
-        "--agent.start-steps",
-        "20",
-        "--out",
-        str(out),
+        f"--algo sac --task hopper --online-steps 60 --eval-interval 30 "
+        f"--agent.start-steps 20 --out {out}"
     )
     config = json.loads((out / "config.json").read_text())
     assert config["algo"] == "sac" and config["agent"]["num_critics"] == 2
     records = read_metrics(out)
     assert [r["env_steps"] for r in records] == [0, 30, 60]
-    for key in (
-        "normalized_score",
-        "return_mean",
-        "return_std",
-        "q_pred_mean",
-        "q_mc_mean",
-        "q_bias",
-        "updates_per_s",
-        "wall_s",
-        "phase",
-    ):
-        assert key in records[-1]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["env_steps"] == 60 and summary["updates"] == 40
+    assert all(key in records[-1] for key in METRIC_KEYS)
+    assert summary(out)["env_steps"] == 60 and summary(out)["updates"] == 40
     assert list((out / "tb").iterdir()), "TensorBoard events missing"
     assert (out / "checkpoints" / "latest" / "state.npz").exists()
 
 
 def test_resume_continues_without_repeating_warmup(tmp_path):
     out = tmp_path / "run"
-    common = (
-        "--algo",
-        "rlpd",
-        "--task",
-        "hopper",
-        "--eval-interval",
-        "25",
-        "--agent.utd-ratio",
-        "2",
-        "--agent.num-critics",
-        "3",
-        "--agent.start-steps",
-        "40",
-        "--out",
-        str(out),
+    flags = (
+        f"--algo rlpd --task hopper --eval-interval 25 --agent.utd-ratio 2 "
+        f"--agent.num-critics 3 --agent.start-steps 40 --out {out}"
     )
-    run(*common, "--online-steps", "50")
-    first = json.loads((out / "summary.json").read_text())
-    assert first["updates"] == (50 - 40) * 2
+    run(f"{flags} --online-steps 50")
+    assert summary(out)["updates"] == (50 - 40) * 2
     # Extend the same run: it resumes at step 50, past the warm-up, so every new step updates.
-    run(*common, "--online-steps", "100")
-    second = json.loads((out / "summary.json").read_text())
-    assert second["env_steps"] == 100
-    assert second["updates"] == (100 - 40) * 2
+    run(f"{flags} --online-steps 100")
+    assert summary(out)["env_steps"] == 100
+    assert summary(out)["updates"] == (100 - 40) * 2
     steps = [r["env_steps"] for r in read_metrics(out)]
     assert steps == [0, 25, 50, 75, 100]  # no evaluation repeated or lost
 
 
 def test_resume_refuses_different_config(tmp_path):
     out = tmp_path / "run"
-    common = (
-        "--algo",
-        "sac",
-        "--online-steps",
-        "10",
-        "--eval-interval",
-        "10",
-        "--agent.start-steps",
-        "5",
-        "--out",
-        str(out),
-    )
-    run(*common)
+    flags = f"--algo sac --online-steps 10 --eval-interval 10 --agent.start-steps 5 --out {out}"
+    run(flags)
     with pytest.raises(SystemExit) as info:
-        main(["train", *common, *TINY, "--seed", "1"])
-    with pytest.raises(ValueError, match=r"agent\.tau \(saved 0\.005, now 0\.01\)"):
-        config = load_config(out)
-        train(dataclasses.replace(config, agent=dataclasses.replace(config.agent, tau=0.01)))
+        run(f"{flags} --seed 1")
     assert info.value.code == 2
+    config = load_config(out)
+    with pytest.raises(ValueError, match=r"agent\.tau \(saved 0\.005, now 0\.01\)"):
+        train(dataclasses.replace(config, agent=dataclasses.replace(config.agent, tau=0.01)))
 
 
 def test_resume_accepts_run_from_before_a_field_existed(tmp_path):
     """A run written before a config field or counter was added resumes with its default."""
     out = tmp_path / "run"
-    common = (
-        "--algo",
-        "sac",
-        "--eval-interval",
-        "10",
-        "--agent.start-steps",
-        "5",
-        "--out",
-        str(out),
-    )
-    run(*common, "--online-steps", "10")
+    flags = f"--algo sac --eval-interval 10 --agent.start-steps 5 --out {out}"
+    run(f"{flags} --online-steps 10")
     config = json.loads((out / "config.json").read_text())
     del config["agent"]["actor_q"]
     (out / "config.json").write_text(json.dumps(config))
@@ -131,8 +91,8 @@ def test_resume_accepts_run_from_before_a_field_existed(tmp_path):
     progress = json.loads(progress_path.read_text())
     del progress["buffer_capacity"]
     progress_path.write_text(json.dumps(progress))
-    run(*common, "--online-steps", "20")
-    assert json.loads((out / "summary.json").read_text())["env_steps"] == 20
+    run(f"{flags} --online-steps 20")
+    assert summary(out)["env_steps"] == 20
 
 
 def test_rlpd_mixes_offline_dataset(tmp_path):
@@ -148,26 +108,10 @@ def test_rlpd_mixes_offline_dataset(tmp_path):
     path = save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
     out = tmp_path / "run"
     run(
-        "--algo",
-        "rlpd",
-        "--task",
-        "hopper",
-        "--dataset",
-        str(path),
-        "--online-steps",
-        "30",
-        "--eval-interval",
-        "30",
-        "--agent.start-steps",
-        "10",
-        "--agent.utd-ratio",
-        "2",
-        "--agent.num-critics",
-        "3",
-        "--out",
-        str(out),
+        f"--algo rlpd --task hopper --dataset {path} --online-steps 30 --eval-interval 30 "
+        f"--agent.start-steps 10 --agent.utd-ratio 2 --agent.num-critics 3 --out {out}"
     )
-    assert json.loads((out / "summary.json").read_text())["updates"] == 40
+    assert summary(out)["updates"] == 40
 
 
 def test_dataset_with_wrong_action_range_is_rejected(tmp_path, capsys):
@@ -180,7 +124,7 @@ def test_dataset_with_wrong_action_range_is_rejected(tmp_path, capsys):
     }
     path = save_native(Dataset.from_arrays(data), tmp_path / "wide.npz")
     with pytest.raises(SystemExit):
-        run("--algo", "rlpd", "--dataset", str(path), "--out", str(tmp_path / "r"))
+        run(f"--algo rlpd --dataset {path} --out {tmp_path / 'r'}")
     err = capsys.readouterr().err
     assert "wide.npz" in err and "'actions'" in err and "outside the action space" in err
 
@@ -202,8 +146,7 @@ def test_demo_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     main(["demo", "--online-steps", "12", "--start-steps", "10", "--out", str(out)])
     assert str(out) in capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["algo"] == "rlpd" and summary["updates"] == 2 * 20
+    assert summary(out)["algo"] == "rlpd" and summary(out)["updates"] == 2 * 20
 
 
 def test_top_level_usage(capsys):

@@ -29,7 +29,7 @@ class AgentConfig(Protocol):
 
 
 class Agent(Protocol):
-    config: Any
+    config: AgentConfig
 
     @classmethod
     def create(

@@ -80,11 +80,6 @@ class ReplayBuffer(flax.struct.PyTreeNode):
             data[k] = jnp.zeros((capacity, *v.shape[1:]), v.dtype).at[:n].set(rows)
         return self.replace(data=data, size=jnp.int32(n), cursor=jnp.int32(n % capacity))
 
-    def valid(self) -> Batch:
-        """The filled rows, in storage order (host side: for saving and inspection)."""
-        n = int(self.size)
-        return {k: np.asarray(v[:n]) for k, v in self.data.items()}
-
 
 class MixedSampler(flax.struct.PyTreeNode):
     """Draws batches from offline and online data, a fraction `offline_ratio` from offline.
