@@ -20,13 +20,17 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Appends evaluation records; on resume, drops records past the checkpoint first."""
+    """Appends evaluation records. A fresh run starts an empty file; a resumed one keeps the
+    records up to its checkpoint (later ones belong to the interrupted attempt)."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(run_dir) if r["env_steps"] <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        kept = (
+            []
+            if resume_step is None
+            else [r for r in read_metrics(run_dir) if r["env_steps"] <= resume_step]
+        )
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         purge = None if resume_step is None else resume_step + 1
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -154,3 +155,13 @@ def test_top_level_usage(capsys):
     assert "o2o train" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown command"):
         main(["fly"])
+
+
+def test_restart_without_checkpoint_starts_fresh_metrics(tmp_path):
+    """A run that died before its first checkpoint restarts cleanly, without stale records."""
+    out = tmp_path / "run"
+    flags = f"--algo sac --online-steps 10 --eval-interval 10 --agent.start-steps 5 --out {out}"
+    run(flags)
+    shutil.rmtree(out / "checkpoints")
+    run(flags)
+    assert [r["env_steps"] for r in read_metrics(out)] == [0, 10]
