@@ -90,8 +90,7 @@ class O2OCase:
         def one(carry, _):
             agent, key = carry
             key, sub = jax.random.split(key)
-            batch = self.sampler.sample(sub, self.buffer, utd * BATCH, jnp.int32(0))
-            batch = jax.tree.map(lambda x: x.reshape(utd, BATCH, *x.shape[1:]), batch)
+            batch = self.sampler.sample_minibatches(sub, self.buffer, utd, BATCH, jnp.int32(0))
             agent, metrics = agent.update(batch)
             return (agent, key), metrics["critic_loss"]
 

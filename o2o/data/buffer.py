@@ -130,3 +130,10 @@ class MixedSampler(flax.struct.PyTreeNode):
             offline_rows,
             online_rows,
         )
+
+    def sample_minibatches(
+        self, key: jax.Array, online: ReplayBuffer, num: int, batch_size: int, step: jax.Array
+    ) -> Batch:
+        """`num` minibatches stacked on a leading axis, the input of a UTD block of updates."""
+        batch = self.sample(key, online, num * batch_size, step)
+        return jax.tree.map(lambda x: x.reshape(num, batch_size, *x.shape[1:]), batch)

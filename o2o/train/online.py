@@ -37,8 +37,7 @@ def _env_step(
     key, key_batch, key_act = jax.random.split(key, 3)
     metrics = {}
     if update:
-        batch = sampler.sample(key_batch, buffer, utd * batch_size, env_step)
-        batch = jax.tree.map(lambda x: x.reshape(utd, batch_size, *x.shape[1:]), batch)
+        batch = sampler.sample_minibatches(key_batch, buffer, utd, batch_size, env_step)
         agent, metrics = agent.update(batch)
     action = agent.sample_actions(policy_obs[None], key_act)[0]
     return agent, buffer, key, action, metrics
