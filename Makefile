@@ -9,19 +9,19 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,robotics]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/o2o demo
 
 test: $(STAMP)
-	$(BIN)/ruff check o2o tests benchmarks
+	$(BIN)/ruff check o2o tests benchmarks scripts
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check o2o tests benchmarks
-	$(BIN)/ruff format --check o2o tests benchmarks
+	$(BIN)/ruff check o2o tests benchmarks scripts
+	$(BIN)/ruff format --check o2o tests benchmarks scripts
 
 # Peer library (d3rlpy + torch==2.13.0) in its own venv: d3rlpy pins an older gymnasium.
 .venv-bench/.installed: benchmarks/requirements-d3rlpy.txt

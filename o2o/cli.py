@@ -1,4 +1,4 @@
-"""The `o2o` command: `o2o train`, `o2o demo`.
+"""The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert`.
 
 `o2o train --algo NAME ...` reads the algorithm first, so that every other flag (including
 `--agent.*` hyperparameters) shows and defaults to that algorithm's reference recipe.
@@ -15,7 +15,11 @@ from pathlib import Path
 import tyro
 
 from o2o.agents import AGENTS
+from o2o.data.formats import FORMATS, load_dataset, save_dataset
+from o2o.data.generate import make_dataset
+from o2o.envs.tasks import TASKS, get_task
 from o2o.logging import console
+from o2o.report.tables import dataset_row, print_dataset_table
 from o2o.train.pipeline import TrainConfig, default_config, train
 
 USAGE = """usage: o2o COMMAND [FLAGS]
@@ -23,6 +27,7 @@ USAGE = """usage: o2o COMMAND [FLAGS]
 commands:
   train   train an agent: o2o train --algo NAME --task TASK --online-steps N --seed S --out DIR
   demo    the main job on its embedded default (a short run; prints the run directory)
+  dataset make TASK-LEVEL | info PATH|TASK-LEVEL... | convert SRC DST: generated and users' data
 
 `o2o COMMAND --help` lists a command's flags."""
 
@@ -72,7 +77,58 @@ def demo_command(argv: list[str]) -> Path:
     return run_dir
 
 
-COMMANDS = {"train": train_command, "demo": demo_command}
+def dataset_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="o2o dataset", description="Make, inspect, convert.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    make = sub.add_parser("make", help="generate TASK-LEVEL (cached; levels per task below)")
+    make.add_argument("name", help="e.g. hopper-medium; " + _levels_help())
+    make.add_argument("--size", type=int, default=None, help="transitions (default: D4RL's)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--out", type=Path, default=None, help="also write it here (see convert)")
+    info = sub.add_parser("info", help="size, episodes, returns, normalised score")
+    info.add_argument("datasets", nargs="+", help="dataset files/folders or TASK-LEVEL names")
+    info.add_argument("--task", default=None, help="task for scores, if a file does not say")
+    info.add_argument("--size", type=int, default=None, help="for TASK-LEVEL names (see make)")
+    info.add_argument("--seed", type=int, default=0, help="for TASK-LEVEL names")
+    info.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table")
+    info.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    convert = sub.add_parser("convert", help="rewrite a dataset in another format")
+    convert.add_argument("src", type=Path)
+    convert.add_argument("dst", type=Path)
+    convert.add_argument("--to", choices=FORMATS, default=None, help="default: from dst suffix")
+    convert.add_argument("--from", dest="src_format", choices=FORMATS, default=None)
+    args = parser.parse_args(argv)
+    if args.action == "make":
+        dataset, path = make_dataset(args.name, args.size, args.seed)
+        rows = [dataset_row(args.name, dataset, get_task(args.name))]
+        if args.out is not None:
+            meta = {"name": args.name, "task": get_task(args.name).name, "seed": args.seed}
+            path = save_dataset(dataset, args.out, meta=meta)
+        print_dataset_table(rows)
+        print(path)
+    elif args.action == "info":
+        rows = [_info_row(spec, args) for spec in args.datasets]
+        print_dataset_table(rows, args.markdown, args.json)
+    else:
+        dataset, meta = load_dataset(args.src, format=args.src_format)
+        path = save_dataset(dataset, args.dst, format=args.to, meta=meta)
+        console.print(f"{args.src} -> {path}: {len(dataset)} transitions")
+
+
+def _levels_help() -> str:
+    return "; ".join(f"{name}: {', '.join(task.levels)}" for name, task in TASKS.items())
+
+
+def _info_row(spec: str, args: argparse.Namespace) -> dict:
+    if Path(spec).exists():
+        dataset, meta = load_dataset(Path(spec))
+        task_name = args.task or meta.get("task")
+        return dataset_row(spec, dataset, get_task(task_name) if task_name else None)
+    dataset, _ = make_dataset(spec, args.size, args.seed)
+    return dataset_row(spec, dataset, get_task(spec))
+
+
+COMMANDS = {"train": train_command, "demo": demo_command, "dataset": dataset_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -158,6 +158,32 @@ class Dataset:
         """Discounted Monte-Carlo return from each step (see `discounted_returns`)."""
         return discounted_returns(self.rewards, self.episode_ends, gamma, failure_reward)
 
+    def summary(self) -> dict[str, float | int]:
+        """Size, episodes and return statistics. Returns are over complete episodes (ended by
+        a terminal or a time limit); episodes cut by a break or the end of the data are only
+        counted, since their partial returns would drag the statistics down."""
+        ends = self.episode_ends
+        complete = (self.terminals | self.timeouts)[ends]
+        returns = self.episode_returns()[complete]
+        lengths = np.diff(np.concatenate([[0], np.flatnonzero(ends) + 1]))[complete]
+        stats = {
+            "transitions": len(self),
+            "episodes": int(ends.sum()),
+            "complete_episodes": int(complete.sum()),
+            "terminals": int(self.terminals.sum()),
+            "observation_dim": self.observation_dim,
+            "action_dim": self.action_dim,
+        }
+        if len(returns):
+            stats |= {
+                "return_mean": float(returns.mean()),
+                "return_std": float(returns.std()),
+                "return_min": float(returns.min()),
+                "return_max": float(returns.max()),
+                "episode_length_mean": float(lengths.mean()),
+            }
+        return stats
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The stored fields as a dict (for saving or moving to the device)."""
         return {name: getattr(self, name) for name in FIELDS}

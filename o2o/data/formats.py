@@ -1,11 +1,24 @@
-"""Reading and writing datasets. The native format is a compressed `.npz` of the six fields."""
+"""Reading and writing datasets: o2o's native `.npz` and the field's formats.
+
+| format  | layout                                              | `load_dataset` detects it by  |
+|---------|-----------------------------------------------------|-------------------------------|
+| native  | `.npz` of the six fields plus JSON `meta`           | `.npz` holding all six fields |
+| d4rl    | `.hdf5` of flat arrays (`env.get_dataset()`)        | `.hdf5`/`.h5` without episodes |
+| minari  | folder with `data/main_data.hdf5`, `episode_ID` groups | a folder, or episode groups |
+| ogbench | `.npz` with trajectory-end `terminals`              | any other `.npz`              |
+
+Every loader returns a validated `Dataset` (see its schema) and a metadata dict.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from o2o.data.dataset import FIELDS, Dataset, DatasetError
@@ -32,15 +45,352 @@ def load_native(
 ) -> tuple[Dataset, dict]:
     """Read a native `.npz` dataset; returns the validated dataset and its metadata."""
     path = Path(path)
+    arrays = _read_npz(path)
+    meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    dataset = Dataset.from_arrays(arrays, str(path), action_low, action_high)
+    return dataset, meta
+
+
+# --- D4RL (.hdf5) -------------------------------------------------------------------------------
+
+
+def load_d4rl_hdf5(
+    path: str | Path,
+    action_low: np.ndarray | float | None = None,
+    action_high: np.ndarray | float | None = None,
+) -> tuple[Dataset, dict]:
+    """Read a D4RL-style `.hdf5` file (flat arrays at the root, as `env.get_dataset()` gives).
+
+    Without `next_observations` (older D4RL files), the next observation is `observations[t+1]`
+    and rows cut by a time limit are dropped, as D4RL's `qlearning_dataset` does; the jump to
+    the next episode is then found by the continuity rule. Without `timeouts`, none is assumed.
+    """
+    path = Path(path)
+    with _open_hdf5(path) as f:
+        missing = [
+            name for name in ("observations", "actions", "rewards", "terminals") if name not in f
+        ]
+        if missing:
+            raise DatasetError(
+                str(path),
+                missing[0],
+                f"missing at the file's root (found: {sorted(f.keys())})",
+                "store D4RL's flat arrays, or pass format='minari' for episode groups",
+            )
+        arrays = {name: f[name][()] for name in FIELDS if name in f}
+        meta = json.loads(f.attrs["o2o_meta"]) if "o2o_meta" in f.attrs else {}
+    if "next_observations" not in arrays:
+        arrays = _next_from_following(arrays)
+    return Dataset.from_arrays(arrays, str(path), action_low, action_high), meta
+
+
+def _next_from_following(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(arrays["observations"])
+    timeouts = np.asarray(arrays.get("timeouts", np.zeros(n)), bool).reshape(n)
+    keep = ~timeouts
+    keep[-1] = False  # the last row has no following observation
+    out = {name: np.asarray(value)[keep] for name, value in arrays.items()}
+    out["next_observations"] = np.asarray(arrays["observations"])[1:][keep[:-1]]
+    out["timeouts"] = np.zeros(int(keep.sum()), bool)
+    return out
+
+
+def save_d4rl_hdf5(dataset: Dataset, path: str | Path, meta: dict | None = None) -> Path:
+    """Write the six fields as flat root datasets (readable by D4RL-style loaders)."""
+    path = _prepared(path, ".hdf5")
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for name, value in dataset.arrays().items():
+            f.create_dataset(name, data=value, compression="gzip")
+        f.attrs["o2o_meta"] = json.dumps(meta or {})
+    tmp.replace(path)
+    return path
+
+
+# --- Minari (folder with data/main_data.hdf5) ---------------------------------------------------
+
+
+def _minari_file(path: Path) -> Path:
+    for candidate in (path / "data" / "main_data.hdf5", path / "main_data.hdf5", path):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no Minari data (expected {path / 'data' / 'main_data.hdf5'})")
+
+
+def _minari_observations(node: h5py.Group | h5py.Dataset) -> np.ndarray:
+    """A Dict observation space is flattened by concatenating its keys in sorted order."""
+    if isinstance(node, h5py.Dataset):
+        value = node[()]
+        return value.reshape(len(value), -1)
+    return np.concatenate([_minari_observations(node[key]) for key in sorted(node)], -1)
+
+
+def load_minari(
+    path: str | Path,
+    action_low: np.ndarray | float | None = None,
+    action_high: np.ndarray | float | None = None,
+) -> tuple[Dataset, dict]:
+    """Read a Minari dataset folder (`data/main_data.hdf5`, one `episode_ID` group each).
+
+    Each episode holds T+1 observations and T actions, rewards, terminations, truncations;
+    terminations become `terminals` and truncations `timeouts`. Dict observations (goal-
+    conditioned tasks) are concatenated key by key in sorted order, recorded in the metadata
+    under `observation_keys`.
+    """
+    path = Path(path)
+    file = _minari_file(path)
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+    keys: list[str] = []
+    with _open_hdf5(file) as f:
+        names = sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k[8:]))
+        if not names:
+            raise DatasetError(
+                str(file), "episode_*", "no episode groups", "point to a Minari dataset folder"
+            )
+        for name in names:
+            episode = f[name]
+            for field in ("observations", "actions", "rewards", "terminations", "truncations"):
+                if field not in episode:
+                    raise DatasetError(
+                        f"{file}:{name}", field, "missing", "re-create the Minari dataset"
+                    )
+            if isinstance(episode["observations"], h5py.Group):
+                keys = sorted(episode["observations"])
+            obs = _minari_observations(episode["observations"])
+            steps = len(episode["actions"])
+            if len(obs) != steps + 1:
+                raise DatasetError(
+                    f"{file}:{name}",
+                    "observations",
+                    f"has {len(obs)} rows for {steps} actions (Minari stores T+1)",
+                    "re-create the Minari dataset",
+                )
+            columns["observations"].append(obs[:-1])
+            columns["next_observations"].append(obs[1:])
+            columns["actions"].append(episode["actions"][()].reshape(steps, -1))
+            columns["rewards"].append(episode["rewards"][()].reshape(steps))
+            terminals = episode["terminations"][()].reshape(steps).astype(bool)
+            timeouts = episode["truncations"][()].reshape(steps).astype(bool) & ~terminals
+            columns["terminals"].append(terminals)
+            columns["timeouts"].append(timeouts)
+    meta = {}
+    metadata = file.parent / "metadata.json"
+    if metadata.is_file():
+        meta = json.loads(metadata.read_text())
+        meta = meta.get("o2o_meta", {}) | {"minari": meta}
+    if keys:
+        meta["observation_keys"] = keys
+    arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
+    return Dataset.from_arrays(arrays, str(path), action_low, action_high), meta
+
+
+def save_minari(dataset: Dataset, path: str | Path, meta: dict | None = None) -> Path:
+    """Write a Minari-layout folder: one episode group per o2o episode.
+
+    An episode that ends without a terminal is stored as truncated (Minari has no other way to
+    say "cut"); its T+1-th observation is the last `next_observations` row.
+    """
+    path = Path(path)
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    file = path / "data" / "main_data.hdf5"
+    tmp = file.with_name(file.name + ".tmp")
+    episodes = dataset.episodes()
+    with h5py.File(tmp, "w") as f:
+        for i, steps in enumerate(episodes):
+            group = f.create_group(f"episode_{i}")
+            last = steps.stop - 1
+            obs = np.concatenate([dataset.observations[steps], dataset.next_observations[[last]]])
+            terminals = dataset.terminals[steps]
+            truncations = np.zeros_like(terminals)
+            truncations[-1] = not terminals[-1]
+            group.create_dataset("observations", data=obs)
+            group.create_dataset("actions", data=dataset.actions[steps])
+            group.create_dataset("rewards", data=dataset.rewards[steps])
+            group.create_dataset("terminations", data=terminals)
+            group.create_dataset("truncations", data=truncations)
+            group.attrs["id"] = i
+            group.attrs["total_steps"] = len(terminals)
+        f.attrs["total_episodes"] = len(episodes)
+        f.attrs["total_steps"] = len(dataset)
+    tmp.replace(file)
+    metadata = {
+        "dataset_id": (meta or {}).get("name", path.name),
+        "total_episodes": len(episodes),
+        "total_steps": len(dataset),
+        "data_format": "hdf5",
+        "o2o_meta": meta or {},
+    }
+    (path / "data" / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    return path
+
+
+# --- OGBench (.npz) -----------------------------------------------------------------------------
+
+
+def load_ogbench(
+    path: str | Path,
+    action_low: np.ndarray | float | None = None,
+    action_high: np.ndarray | float | None = None,
+) -> tuple[Dataset, dict]:
+    """Read an OGBench `.npz` dataset.
+
+    In OGBench `terminals` marks the last step of each trajectory (an episode boundary, not a
+    true terminal); true terminals are `masks == 0`, present with `rewards` only in the single-
+    task datasets. Without `next_observations` (the compact files), the next observation is
+    `observations[t+1]` and each trajectory's last row is dropped, as OGBench's loader does.
+    """
+    path = Path(path)
+    arrays = _read_npz(path)
+    for name in ("observations", "actions", "terminals"):
+        if name not in arrays:
+            raise DatasetError(
+                str(path), name, f"missing (found: {sorted(arrays)})", "pass an OGBench dataset"
+            )
+    if "rewards" not in arrays:
+        raise DatasetError(
+            str(path),
+            "rewards",
+            "missing: goal-conditioned OGBench data has no rewards",
+            "use the task's `-singletask` dataset, or relabel rewards for one goal first",
+        )
+    n = len(arrays["observations"])
+    ends = np.asarray(arrays["terminals"], bool).reshape(n)
+    masks = np.asarray(arrays.get("masks", np.ones(n)), np.float32).reshape(n)
+    out = {
+        "observations": arrays["observations"],
+        "actions": arrays["actions"],
+        "rewards": arrays["rewards"],
+        "terminals": masks == 0,
+        "timeouts": ends & (masks != 0),
+    }
+    if "next_observations" in arrays:
+        out["next_observations"] = arrays["next_observations"]
+    else:
+        keep = ~ends
+        keep[-1] = False
+        out = {name: np.asarray(value)[keep] for name, value in out.items()}
+        out["next_observations"] = np.asarray(arrays["observations"])[1:][keep[:-1]]
+        # The row before a dropped trajectory end now ends its trajectory (the continuity rule
+        # would also find it); say so explicitly unless it is a true terminal.
+        last = np.flatnonzero(ends[1:] & keep[:-1])
+        position = np.cumsum(keep) - 1
+        out["timeouts"][position[last]] |= ~out["terminals"][position[last]]
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    return Dataset.from_arrays(out, str(path), action_low, action_high), meta
+
+
+def save_ogbench(dataset: Dataset, path: str | Path, meta: dict | None = None) -> Path:
+    """Write OGBench's single-task layout (with `next_observations`, `rewards` and `masks`)."""
+    path = _prepared(path, ".npz")
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        observations=dataset.observations,
+        actions=dataset.actions,
+        next_observations=dataset.next_observations,
+        rewards=dataset.rewards,
+        terminals=dataset.episode_ends.astype(np.float32),
+        masks=dataset.masks,
+        meta=np.asarray(json.dumps(meta or {})),
+    )
+    tmp.replace(path)
+    return path
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+LOADERS = {
+    "native": load_native,
+    "d4rl": load_d4rl_hdf5,
+    "minari": load_minari,
+    "ogbench": load_ogbench,
+}
+SAVERS = {
+    "native": save_native,
+    "d4rl": save_d4rl_hdf5,
+    "minari": save_minari,
+    "ogbench": save_ogbench,
+}
+FORMATS = tuple(LOADERS)
+_HDF5_SUFFIXES = (".hdf5", ".h5")
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of an existing dataset file or folder, from its layout."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such dataset file or folder")
+    if path.is_dir():
+        _minari_file(path)
+        return "minari"
+    if path.suffix in _HDF5_SUFFIXES:
+        with _open_hdf5(path) as f:
+            return "minari" if any(k.startswith("episode_") for k in f) else "d4rl"
+    if path.suffix == NATIVE_SUFFIX:
+        return "native" if set(FIELDS) <= set(_read_npz(path, names_only=True)) else "ogbench"
+    raise ValueError(
+        f"{path}: cannot tell the dataset format from the suffix '{path.suffix}'; "
+        f"pass one of {', '.join(FORMATS)} (--from on the command line)"
+    )
+
+
+def load_dataset(
+    path: str | Path,
+    action_low: np.ndarray | float | None = None,
+    action_high: np.ndarray | float | None = None,
+    format: str | None = None,
+) -> tuple[Dataset, dict]:
+    """Read a dataset in any supported format (detected when `format` is None)."""
+    format = format or detect_format(path)
+    if format not in LOADERS:
+        raise ValueError(f"unknown dataset format '{format}'; known: {', '.join(FORMATS)}")
+    return LOADERS[format](path, action_low, action_high)
+
+
+def save_dataset(
+    dataset: Dataset, path: str | Path, format: str | None = None, meta: dict | None = None
+) -> Path:
+    """Write `dataset` as `format`; by default `.hdf5`/`.h5` means D4RL, a name without a
+    suffix a Minari folder, anything else native `.npz`."""
+    path = Path(path)
+    if format is None:
+        format = (
+            "d4rl" if path.suffix in _HDF5_SUFFIXES else "minari" if not path.suffix else "native"
+        )
+    if format not in SAVERS:
+        raise ValueError(f"unknown dataset format '{format}'; known: {', '.join(FORMATS)}")
+    return SAVERS[format](dataset, path, meta)
+
+
+def _prepared(path: str | Path, suffix: str) -> Path:
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _read_npz(path: Path, names_only: bool = False) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset file")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files if name in FIELDS}
-            meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+            return {name: None if names_only else npz[name] for name in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError) as err:
         raise DatasetError(
             str(path), "<file>", f"is not a readable .npz archive ({err})", "re-create the file"
         ) from err
-    dataset = Dataset.from_arrays(arrays, str(path), action_low, action_high)
-    return dataset, meta
+
+
+@contextlib.contextmanager
+def _open_hdf5(path: Path) -> Iterator[h5py.File]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such dataset file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(
+            str(path), "<file>", f"is not a readable HDF5 file ({err})", "re-create the file"
+        ) from err
+    with f:
+        yield f

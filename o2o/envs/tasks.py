@@ -1,10 +1,12 @@
-"""Task registry: a short name maps to a gymnasium environment and its reference returns.
+"""Task registry: a short name maps to an environment, its datasets and its reference returns.
 
 Normalised score = 100 * (return - random) / (expert - random). The reference returns of the
 locomotion tasks are D4RL's (`d4rl/infos.py`, REF_MIN_SCORE / REF_MAX_SCORE), so scores sit on
 the scale users know. They were measured on the v2 (mujoco-py) environments; o2o runs the
 gymnasium v5 environments, whose dynamics differ slightly, so treat cross-version comparisons
-as indicative.
+as indicative. The zoo's own policies are reported in the same units (assets/policies).
+
+A dataset is named `TASK-LEVEL` (`hopper-medium`); `parse_task` splits such names.
 """
 
 from __future__ import annotations
@@ -14,53 +16,116 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
+from o2o.data.dataset import Dataset
+
 D4RL_SOURCE = "D4RL d4rl/infos.py REF_MIN_SCORE/REF_MAX_SCORE (random/expert returns, v2 envs)"
+LOCOMOTION_LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTransform:
+    """r -> scale * r + shift, applied to the rewards agents learn from (offline data and
+    online transitions); evaluation returns and scores stay in the environment's units."""
+
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __call__(self, rewards):
+        return rewards * self.scale + self.shift
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and self.shift == 0.0
+
+
+IDENTITY = RewardTransform()
+SPARSE_TO_MINUS_ONE = RewardTransform(1.0, -1.0)  # sparse {0, 1} -> {-1, 0} (IQL, Cal-QL)
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+    """An environment with its reference returns and the datasets o2o can make for it."""
+
     name: str
     env_id: str
     random_return: float
     expert_return: float
     reference_source: str
     max_episode_steps: int = 1000
+    levels: tuple[str, ...] = LOCOMOTION_LEVELS
+    default_level: str | None = None  # the level a bare task name loads; None: online only
+    dataset_size: int = 1_000_000  # D4RL's default number of transitions
+    medium_band: tuple[float, float] = (20.0, 50.0)  # normalised score of `medium` data
+    reward_transform: RewardTransform = IDENTITY
+    success_metric: bool = False  # report success_rate (sparse goal-reaching tasks)
 
     def make_env(self) -> gym.Env:
         """The environment, with actions rescaled to [-1, 1] where its bounds differ."""
         env = gym.make(self.env_id, max_episode_steps=self.max_episode_steps)
-        space = env.action_space
-        if not (np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0)):
-            env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
-        return env
+        return _unit_actions(env)
 
     def normalize(self, episode_return: float) -> float:
         """D4RL-style normalised score (0 = random policy, 100 = expert)."""
         span = self.expert_return - self.random_return
         return 100.0 * (episode_return - self.random_return) / span
 
+    def collect(self, level: str, size: int, seed: int) -> Dataset:
+        """`size` transitions of the zoo's `level` policy (D4RL's recipe: sampled actions)."""
+        from o2o.data.generate import rollout
+        from o2o.zoo import load_policy, zoo_policy
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (
-        Task("hopper", "Hopper-v5", -20.272305, 3234.3, D4RL_SOURCE),
-        Task("halfcheetah", "HalfCheetah-v5", -280.178953, 12135.0, D4RL_SOURCE),
-        Task("walker2d", "Walker2d-v5", 1.629008, 4592.3, D4RL_SOURCE),
-        Task("ant", "Ant-v5", -325.6, 3879.7, D4RL_SOURCE),
-    )
-}
+        policy = load_policy(zoo_policy(self.name, level))
+        source = f"generated {self.name}-{level} (seed {seed})"
+        return rollout(self, policy.act, size, seed, source=source)
+
+
+def _unit_actions(env: gym.Env) -> gym.Env:
+    space = env.action_space
+    if not (np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0)):
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    return env
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add `task` to the registry (names must be unique)."""
+    if task.name in TASKS:
+        raise ValueError(f"task '{task.name}' is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+for _task in (
+    Task("hopper", "Hopper-v5", -20.272305, 3234.3, D4RL_SOURCE),
+    Task("halfcheetah", "HalfCheetah-v5", -280.178953, 12135.0, D4RL_SOURCE),
+    Task("walker2d", "Walker2d-v5", 1.629008, 4592.3, D4RL_SOURCE),
+    Task("ant", "Ant-v5", -325.6, 3879.7, D4RL_SOURCE),
+):
+    register_task(_task)
 DEFAULT_TASK = "hopper"
 
 
-def get_task(name: str) -> Task:
-    """The task called `name`; `hopper-medium` style names name a dataset of that task."""
-    base, _, level = name.partition("-")
-    if base not in TASKS:
-        known = ", ".join(sorted(TASKS))
-        raise ValueError(f"unknown task '{name}'; known tasks: {known}")
-    if level:
+def parse_task(name: str) -> tuple[Task, str | None]:
+    """`hopper` -> (hopper, None); `hopper-medium` -> (hopper, "medium"). A bare name of a
+    task whose data has one recipe (PointMaze) gets that task's default level."""
+    matches = [t for t in TASKS if name == t or name.startswith(t + "-")]
+    if not matches:
+        raise ValueError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
+    task = TASKS[max(matches, key=len)]
+    level = name[len(task.name) + 1 :] or task.default_level
+    if level is not None and level not in task.levels:
         raise ValueError(
-            f"task '{name}' names a dataset level ('{level}'), and generated datasets are not "
-            f"available yet; use --task {base} with --dataset PATH to a native .npz file"
+            f"task '{name}': unknown dataset level '{level}' for {task.name}; levels: "
+            f"{', '.join(task.levels)}"
         )
-    return TASKS[base]
+    return task, level
+
+
+def get_task(name: str) -> Task:
+    """The task called `name` (a `TASK-LEVEL` dataset name gives its task)."""
+    return parse_task(name)[0]
+
+
+from o2o.envs import maze  # noqa: E402,F401  registers the PointMaze tasks

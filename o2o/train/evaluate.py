@@ -61,6 +61,8 @@ class Evaluator:
             "normalized_score": float(self.task.normalize(returns.mean())),
             "episode_length": float(np.mean([len(t["rew"]) for t in trajectories])),
         }
+        if self.task.success_metric:
+            metrics["success_rate"] = float(successes.mean())
         metrics |= self._q_bias(agent, trajectories, terminated)
         return metrics
 

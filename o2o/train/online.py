@@ -26,6 +26,7 @@ from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console
 from o2o.train.evaluate import Evaluator
+from o2o.zoo import save_policy
 
 
 @functools.partial(jax.jit, static_argnames=("update", "utd", "batch_size"), donate_argnums=(0, 1))
@@ -61,7 +62,7 @@ class RunProgress:
     buffer_capacity: int = 0
 
 
-def _example_transition(env) -> dict[str, np.ndarray]:
+def example_transition(env) -> dict[str, np.ndarray]:
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     return {
         "observations": np.zeros(obs_dim, np.float32),
@@ -85,6 +86,7 @@ class OnlineLoop:
     eval_interval: int
     eval_episodes: int
     buffer_capacity: int = 1_000_000
+    policy_dir: Path | None = None  # where to keep the actor at every evaluation
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -125,7 +127,7 @@ class OnlineLoop:
 
     def _restore(self) -> None:
         """Fresh state, or the checkpoint's (growing the buffer if the run was extended)."""
-        example = _example_transition(self.env)
+        example = example_transition(self.env)
         capacity = max(1, min(self.online_steps, self.buffer_capacity))
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress(buffer_capacity=capacity)
@@ -157,7 +159,7 @@ class OnlineLoop:
         transition = {
             "observations": self.obs,
             "actions": action,
-            "rewards": np.float32(reward),
+            "rewards": np.float32(self.task.reward_transform(reward)),
             "next_observations": next_obs,
             "masks": np.float32(1.0 - terminated),
         }
@@ -208,10 +210,28 @@ class OnlineLoop:
         progress.evaluations.append(
             {k: record[k] for k in ("env_steps", "normalized_score", "return_mean")}
         )
+        if self.policy_dir is not None:
+            self._save_policy(record)
         progress.np_rng_state = self.np_rng.bit_generator.state
         save_checkpoint(self.checkpoint_dir, (self.agent, self.buffer, self.key), progress.__dict__)
         self.t_interval, self.updates_interval = time.perf_counter(), 0
         return record
+
+    def _save_policy(self, record: dict[str, Any]) -> None:
+        meta = {
+            "task": self.task.name,
+            "env_id": self.task.env_id,
+            "hidden_dims": list(self.agent.config.hidden_dims),
+            "observation_dim": int(self.env.observation_space.shape[0]),
+            "action_dim": int(self.env.action_space.shape[0]),
+            "env_steps": record["env_steps"],
+            "eval_return_mean": record["return_mean"],
+            "eval_return_std": record["return_std"],
+            "eval_normalized_score": record["normalized_score"],
+            "run_dir": str(self.run_dir),
+        }
+        path = self.policy_dir / f"step_{record['env_steps']:08d}.npz"
+        save_policy(path, self.agent.actor.params, meta)
 
 
 def _progress_bar() -> Progress:

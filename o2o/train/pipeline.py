@@ -11,13 +11,18 @@ import json
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from o2o.agents import get_agent
 from o2o.agents.sac import SACConfig
+from o2o.checkpoint import load_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
-from o2o.data.formats import load_native
-from o2o.envs.tasks import DEFAULT_TASK, get_task
+from o2o.data.formats import load_dataset
+from o2o.data.generate import make_dataset
+from o2o.envs.tasks import DEFAULT_TASK, get_task, parse_task
 from o2o.logging import console
-from o2o.train.online import OnlineLoop
+from o2o.train.online import OnlineLoop, example_transition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +32,7 @@ class TrainConfig:
     algo: str = "sac"
     """Algorithm name (the list is above)."""
     task: str = DEFAULT_TASK
-    """Task name, e.g. hopper, halfcheetah, walker2d, ant."""
+    """Task, e.g. hopper, or a dataset TASK-LEVEL (hopper-medium: generated on first use)."""
     online_steps: int = 100_000
     """Environment steps of online training."""
     seed: int = 0
@@ -35,11 +40,16 @@ class TrainConfig:
     out: Path | None = None
     """Run directory; default runs/TASK-ALGO-seedS. An existing run there is resumed."""
     dataset: Path | None = None
-    """Offline data (native .npz) mixed into online batches at the agent's offline_ratio."""
+    """Offline data file (native .npz, D4RL .hdf5, Minari folder, OGBench .npz) instead of a
+    generated TASK-LEVEL; mixed into online batches at the agent's offline_ratio."""
+    dataset_size: int | None = None
+    """Transitions of a generated TASK-LEVEL dataset (default: D4RL's size for the level)."""
     eval_interval: int = 5000
     """Environment steps between evaluations (and checkpoints)."""
     eval_episodes: int = 10
     """Deterministic episodes per evaluation, from fixed reset seeds."""
+    save_policies: bool = False
+    """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots)."""
     agent: SACConfig = dataclasses.field(default_factory=SACConfig)
     """Agent hyperparameters; defaults are the algorithm's reference recipe."""
 
@@ -100,9 +110,14 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
 def train(config: TrainConfig) -> Path:
     """Run training as configured; returns the run directory."""
     spec = get_agent(config.algo)
-    task = get_task(config.task)
+    task, level = parse_task(config.task)
     if not isinstance(config.agent, type(spec.default_config)):
         raise TypeError(f"algo '{config.algo}' needs a {type(spec.default_config).__name__}")
+    if config.dataset is not None and level is not None:
+        raise ValueError(
+            f"--task {config.task} names a dataset and --dataset gives another; use --task "
+            f"{task.name} with --dataset, or drop --dataset"
+        )
     run_dir = config.run_dir()
     if (run_dir / "config.json").exists():
         _check_resumable(run_dir, config)
@@ -113,19 +128,25 @@ def train(config: TrainConfig) -> Path:
     env = task.make_env()
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
-    offline = None
+    dataset = None
     if config.dataset is not None:
-        dataset, _ = load_native(config.dataset, act_space.low, act_space.high)
+        dataset, _ = load_dataset(config.dataset, act_space.low, act_space.high)
+    elif level is not None:
+        dataset, _ = make_dataset(config.task, config.dataset_size)
+    offline = None
+    if dataset is not None:
         if dataset.observation_dim != obs_space.shape[0]:
             raise ValueError(
-                f"{config.dataset}: observations have dim {dataset.observation_dim} but task "
+                f"{dataset.source}: observations have dim {dataset.observation_dim} but task "
                 f"'{task.name}' has {obs_space.shape[0]}; pick the matching --task"
             )
-        offline = ReplayBuffer.from_arrays(dataset.transitions())
+        transitions = dataset.transitions()
+        transitions["rewards"] = task.reward_transform(transitions["rewards"])
+        offline = ReplayBuffer.from_arrays(transitions)
     elif config.agent.offline_ratio > 0:
         console.print(
-            f"[yellow]no --dataset given: {config.algo} trains on online data only "
-            f"(offline_ratio {config.agent.offline_ratio} ignored)"
+            f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
+            f"online data only (offline_ratio {config.agent.offline_ratio} ignored)"
         )
     sampler = MixedSampler.create(offline, config.agent.offline_ratio)
     agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
@@ -139,10 +160,27 @@ def train(config: TrainConfig) -> Path:
         config.seed,
         config.eval_interval,
         config.eval_episodes,
+        policy_dir=run_dir / "policies" if config.save_policies else None,
     )
     progress = loop.run()
     _write_summary(run_dir, config, progress, time.perf_counter() - start)
     return run_dir
+
+
+def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
+    """The online replay buffer of a run's latest checkpoint, in insertion order (rewards as
+    the agent saw them, after the task's reward transform)."""
+    config = load_config(run_dir)
+    spec = get_agent(config.algo)
+    env = get_task(config.task).make_env()
+    agent = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
+    checkpoint = Path(run_dir) / "checkpoints" / "latest"
+    capacity = json.loads((checkpoint / "progress.json").read_text())["buffer_capacity"]
+    template = (agent, ReplayBuffer.create(example_transition(env), capacity), jax.random.key(0))
+    (_, buffer, _), _ = load_checkpoint(checkpoint, template)
+    if int(buffer.size) == buffer.capacity and int(buffer.cursor) != 0:
+        raise ValueError(f"{run_dir}: the replay buffer wrapped around; its order is lost")
+    return {k: np.asarray(v[: int(buffer.size)]) for k, v in buffer.data.items()}
 
 
 def _write_summary(run_dir: Path, config: TrainConfig, progress, session_s: float) -> None:

@@ -1,0 +1,193 @@
+"""D4RL-style datasets made on this machine: behaviour-policy rollouts, cached on disk.
+
+Levels follow D4RL (Fu et al. 2020): `random` (the untrained, randomly initialised policy),
+`medium` (a policy at about one third of expert return), `expert`, `medium-replay` (the
+replay buffer of the run that trained the medium policy, up to that policy) and
+`medium-expert` (medium and expert data, `size` of each, so 2M transitions by default as in
+D4RL). Actions are sampled from the stochastic policy. Episodes end at a true terminal, at the
+task's time limit (timeouts=1), or where a collection stream reaches its quota (neither flag:
+the next row starts another stream, which the `observations[t+1]` rule detects).
+
+Every dataset is deterministic for (task, level, size, seed) and the policy file, and cached
+as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from o2o.data.dataset import FIELDS, Dataset
+from o2o.data.formats import load_native, save_native
+from o2o.envs.tasks import Task, parse_task
+from o2o.logging import console
+from o2o.zoo import ZOO_LEVELS, zoo_dir, zoo_policy
+
+DATASET_VERSION = 1  # bump when a recipe changes, so cached files are not reused
+NUM_ENVS = 16  # environments stepped in lock-step (one batched policy call per step)
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("O2O_DATA_DIR", Path.home() / ".cache" / "o2o" / "datasets"))
+
+
+def collection_progress(description: str, total: int) -> tuple[Progress, int]:
+    """A rich progress bar for collecting `total` transitions, and its task id."""
+    progress = Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    return progress, progress.add_task(description, total=total)
+
+
+def rollout(
+    task: Task,
+    policy: Callable[[np.ndarray, jax.Array], np.ndarray],
+    size: int,
+    seed: int,
+    source: str,
+    num_envs: int = NUM_ENVS,
+) -> Dataset:
+    """`size` transitions of `policy(observations, key) -> actions` on `task`.
+
+    `num_envs` environments run in lock-step; environment i contributes one contiguous
+    stream of about size/num_envs transitions, so the data does not favour short episodes.
+    """
+    num_envs = max(1, min(num_envs, size))
+    quotas = np.full(num_envs, size // num_envs) + (np.arange(num_envs) < size % num_envs)
+    envs = [task.make_env() for _ in range(num_envs)]
+    reset_seeds = np.random.SeedSequence(seed).generate_state(num_envs)
+    obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds, strict=True)])
+    obs = obs.astype(np.float32)
+    streams = [{name: [] for name in FIELDS} for _ in range(num_envs)]
+    key = jax.random.key(seed)
+    bar, bar_task = collection_progress(f"collecting {source}", size)
+    with bar:
+        for t in range(int(quotas.max())):
+            actions = np.clip(policy(obs, jax.random.fold_in(key, t)), -1.0, 1.0)
+            for i in np.flatnonzero(quotas > t):
+                next_obs, reward, terminated, truncated, _ = envs[i].step(actions[i])
+                next_obs = next_obs.astype(np.float32)
+                stream = streams[i]
+                stream["observations"].append(obs[i].copy())
+                stream["actions"].append(actions[i])
+                stream["rewards"].append(reward)
+                stream["next_observations"].append(next_obs)
+                stream["terminals"].append(terminated)
+                stream["timeouts"].append(truncated and not terminated)
+                obs[i] = envs[i].reset()[0] if terminated or truncated else next_obs
+            bar.advance(bar_task, int((quotas > t).sum()))
+    for env in envs:
+        env.close()
+    arrays = {
+        name: np.concatenate([np.asarray(s[name]) for s in streams]).astype(
+            np.float32 if name not in ("terminals", "timeouts") else bool
+        )
+        for name in FIELDS
+    }
+    return Dataset.from_arrays(arrays, source, -1.0, 1.0)
+
+
+def concatenate(datasets: list[Dataset], source: str) -> Dataset:
+    """Datasets one after another; each part's episode boundaries are kept."""
+    arrays = {name: np.concatenate([d.arrays()[name] for d in datasets]) for name in FIELDS}
+    return Dataset.from_arrays(arrays, source)
+
+
+def dataset_from_replay(transitions: dict[str, np.ndarray], source: str) -> Dataset:
+    """A Dataset from an online replay buffer in insertion order. The buffer keeps only masks;
+    an episode that ends without a terminal was cut by the time limit, which shows as the next
+    row not continuing it, so those rows become timeouts."""
+    terminals = transitions["masks"] == 0
+    arrays = {k: transitions[k] for k in FIELDS if k in transitions}
+    arrays |= {"terminals": terminals, "timeouts": np.zeros_like(terminals)}
+    broken = Dataset.from_arrays(arrays, source).broken
+    arrays["timeouts"] = broken & ~terminals
+    return Dataset.from_arrays(arrays, source)
+
+
+def replay_path(task: str) -> Path:
+    """The medium training run's replay buffer shipped for `medium-replay`."""
+    return zoo_dir() / f"{task}-medium-replay.npz"
+
+
+def _fingerprint(task: Task, level: str) -> str:
+    """Hash of what a level is made from, so a retrained zoo invalidates the cache."""
+    digest = hashlib.sha256(f"v{DATASET_VERSION}".encode())
+    parts = {"medium-expert": ("medium", "expert")}.get(level, (level,))
+    for part in parts:
+        path = replay_path(task.name) if part == "medium-replay" else None
+        if path is None and part in ZOO_LEVELS:
+            path = zoo_policy(task.name, part)
+        if path is not None and path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def dataset_path(task: Task, level: str, size: int, seed: int) -> Path:
+    return data_dir() / f"{task.name}-{level}-{size}-seed{seed}-{_fingerprint(task, level)}.npz"
+
+
+def make_dataset(name: str, size: int | None = None, seed: int = 0) -> tuple[Dataset, Path]:
+    """The dataset `TASK-LEVEL`: from the cache, or generated (and cached) on first use."""
+    task, level = parse_task(name)
+    if level is None:
+        raise ValueError(
+            f"'{name}' names a task, not a dataset; add a level: "
+            + ", ".join(f"{task.name}-{lv}" for lv in task.levels)
+        )
+    if level == "medium-replay":
+        return _medium_replay(task, size)
+    size = size or task.dataset_size
+    if size < 1:
+        raise ValueError(f"--size must be positive, got {size}")
+    path = dataset_path(task, level, size, seed)
+    if path.exists():
+        return load_native(path)[0], path
+    if level == "medium-expert":
+        parts = [make_dataset(f"{task.name}-{lv}", size, seed)[0] for lv in ("medium", "expert")]
+        dataset = concatenate(parts, f"generated {task.name}-medium-expert (seed {seed})")
+    else:
+        dataset = task.collect(level, size, seed)
+    meta = {
+        "task": task.name,
+        "level": level,
+        "size": size,
+        "seed": seed,
+        "version": DATASET_VERSION,
+    }
+    save_native(dataset, path, meta)
+    console.print(f"dataset {task.name}-{level}: {len(dataset)} transitions cached in {path}")
+    return dataset, path
+
+
+def _medium_replay(task: Task, size: int | None) -> tuple[Dataset, Path]:
+    path = replay_path(task.name)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no medium-replay buffer for '{task.name}'; scripts/train_zoo.py writes it "
+            "when it selects the medium policy"
+        )
+    if size is not None:
+        console.print(
+            f"[yellow]{task.name}-medium-replay is the whole replay buffer of the medium "
+            f"run; --size {size} is ignored"
+        )
+    return load_native(path)[0], path

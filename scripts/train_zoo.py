@@ -1,0 +1,149 @@
+"""Train the behaviour-policy zoo with o2o's own SAC, then pick and ship its policies.
+
+    python scripts/train_zoo.py train  --tasks hopper walker2d --steps 200000
+    python scripts/train_zoo.py select --tasks hopper walker2d
+
+`train` runs plain SAC (the `sac` preset) per task, keeping the policy at every evaluation;
+re-running it resumes. `select` rolls out those snapshots with sampled actions (as datasets
+are collected), and writes to assets/: `TASK-expert.npz` (the best snapshot), `TASK-medium.npz`
+(the snapshot closest to one third of the D4RL expert return, D4RL's medium recipe) and
+`TASK-medium-replay.npz` (the training run's replay buffer up to the medium snapshot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from o2o.data.formats import save_native
+from o2o.data.generate import dataset_from_replay, replay_path, rollout
+from o2o.envs.tasks import Task, get_task
+from o2o.report.tables import markdown_table
+from o2o.train import pipeline
+from o2o.train.pipeline import default_config, train
+from o2o.zoo import load_policy, save_policy, zoo_dir, zoo_policy
+
+RUNS = Path("runs") / "zoo"
+EVAL_INTERVAL = 5000
+EVAL_EPISODES = 5
+ROLLOUT_STEPS, ROLLOUT_ENVS = 10_000, 10  # sampled-action rollouts that rank snapshots
+
+
+def run_dir(task: str, seed: int) -> Path:
+    return RUNS / f"{task}-sac-seed{seed}"
+
+
+def train_task(task: str, steps: int, seed: int) -> Path:
+    config = default_config(
+        "sac",
+        task=task,
+        online_steps=steps,
+        seed=seed,
+        out=run_dir(task, seed),
+        eval_interval=EVAL_INTERVAL,
+        eval_episodes=EVAL_EPISODES,
+        save_policies=True,
+    )
+    return train(config)
+
+
+def _snapshots(task: str, seed: int) -> list[tuple[Path, dict]]:
+    paths = sorted((run_dir(task, seed) / "policies").glob("step_*.npz"))
+    if not paths:
+        raise SystemExit(f"no snapshots in {run_dir(task, seed)}; run `train` first")
+    return [(p, load_policy(p).meta) for p in paths]
+
+
+def sampled_return(task: Task, path: Path, seed: int) -> dict:
+    """Return statistics of a policy's sampled-action rollouts (exactly how data is made)."""
+    policy = load_policy(path)
+    data = rollout(task, policy.act, ROLLOUT_STEPS, seed, f"{path.name} rollouts", ROLLOUT_ENVS)
+    stats = data.summary()
+    return {
+        "rollout_return_mean": stats["return_mean"],
+        "rollout_return_std": stats["return_std"],
+        "rollout_episodes": stats["complete_episodes"],
+        "rollout_normalized_score": task.normalize(stats["return_mean"]),
+    }
+
+
+def select_task(task_name: str, seed: int, candidates: int) -> list[dict]:
+    """Pick the random, medium and expert snapshots; ship them and the medium replay buffer."""
+    task = get_task(task_name)
+    if not task.reward_transform.is_identity:
+        raise SystemExit(f"{task.name}: the replay export assumes untransformed rewards")
+    snaps = _snapshots(task_name, seed)
+    by_eval = sorted(snaps, key=lambda s: -s[1]["eval_return_mean"])
+    expert = _best(task, [p for p, _ in by_eval[:candidates]], seed, key=lambda r: -r)
+    target = task.expert_return / 3  # D4RL: medium is about one third of expert
+    near = sorted(snaps, key=lambda s: abs(s[1]["eval_return_mean"] - target))[:candidates]
+    medium = _best(task, [p for p, _ in near], seed, key=lambda r: abs(r - target))
+    chosen = {
+        "random": (snaps[0][0], sampled_return(task, snaps[0][0], seed)),
+        "medium": medium,
+        "expert": expert,
+    }
+    command = f"python scripts/train_zoo.py train --tasks {task_name} --steps N --seed {seed}"
+    rows = []
+    for level, (path, stats) in chosen.items():
+        policy = load_policy(path)
+        meta = policy.meta | stats | {"level": level, "trained_by": command}
+        save_policy(zoo_policy(task_name, level), policy.params, meta)
+        rows.append({"policy": f"{task_name}-{level}"} | meta)
+    medium_steps = load_policy(medium[0]).meta["env_steps"]
+    replay = pipeline.replay_transitions(run_dir(task_name, seed))
+    replay = {k: v[:medium_steps] for k, v in replay.items()}
+    dataset = dataset_from_replay(replay, f"{task_name} SAC replay buffer to step {medium_steps}")
+    save_native(
+        dataset,
+        replay_path(task_name),
+        {"task": task_name, "level": "medium-replay", "env_steps": medium_steps, "seed": seed},
+    )
+    return rows
+
+
+def _best(task: Task, paths: list[Path], seed: int, key) -> tuple[Path, dict]:
+    """The candidate whose sampled-action return minimises `key(return)`."""
+    scored = [(p, sampled_return(task, p, seed)) for p in paths]
+    return min(scored, key=lambda ps: key(ps[1]["rollout_return_mean"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["train", "select"])
+    parser.add_argument("--tasks", nargs="+", default=["hopper", "halfcheetah", "walker2d", "ant"])
+    parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", type=int, default=4, help="snapshots rolled out per pick")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    for task in args.tasks:
+        if args.command == "train":
+            train_task(task, args.steps, args.seed)
+        else:
+            rows += select_task(task, args.seed, args.candidates)
+    if rows:
+        write_table(rows)
+
+
+def write_table(rows: list[dict]) -> None:
+    """assets/policies/policies.{json,md}: the shipped policies (merged with earlier rows)."""
+    path = zoo_dir() / "policies.json"
+    old = {r["policy"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    merged = sorted((old | {r["policy"]: r for r in rows}).values(), key=lambda r: r["policy"])
+    path.write_text(json.dumps(merged, indent=1))
+    columns = {
+        "policy": "policy",
+        "env_steps": "SAC steps",
+        "rollout_return_mean": "return (sampled)",
+        "rollout_return_std": "std",
+        "rollout_normalized_score": "normalised",
+        "eval_return_mean": "return (deterministic)",
+        "eval_normalized_score": "normalised",
+    }
+    (zoo_dir() / "policies.md").write_text(markdown_table(merged, columns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Dataset formats: round trips through every format, the field's layouts read as their
+authors define them (D4RL without next_observations, Minari's T+1 observations and Dict
+spaces, OGBench's trajectory-end `terminals`), and broken files named in the error."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from o2o.cli import main as cli_main
+from o2o.data.dataset import FIELDS, Dataset, DatasetError
+from o2o.data.formats import FORMATS, detect_format, load_dataset, save_dataset
+
+
+def episodes_dataset() -> Dataset:
+    """Three episodes: one ends in a terminal, one at a time limit, one at the end of data."""
+    rng = np.random.default_rng(0)
+    lengths, ends = (4, 3, 2), ("terminal", "timeout", "cut")
+    columns = {name: [] for name in FIELDS}
+    for length, end in zip(lengths, ends, strict=True):
+        states = rng.normal(size=(length + 1, 3)).astype(np.float32)
+        columns["observations"].append(states[:-1])
+        columns["next_observations"].append(states[1:])
+        columns["actions"].append(rng.uniform(-1, 1, (length, 2)).astype(np.float32))
+        columns["rewards"].append(rng.normal(size=length).astype(np.float32))
+        flags = np.zeros(length, bool)
+        columns["terminals"].append(
+            flags | ((end == "terminal") & (np.arange(length) == length - 1))
+        )
+        columns["timeouts"].append(flags | ((end == "timeout") & (np.arange(length) == length - 1)))
+    return Dataset.from_arrays({k: np.concatenate(v) for k, v in columns.items()})
+
+
+def assert_same(a: Dataset, b: Dataset) -> None:
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_round_trip_every_format(tmp_path, format):
+    data = episodes_dataset()
+    target = tmp_path / (
+        "out" if format == "minari" else "out.hdf5" if format == "d4rl" else "out.npz"
+    )
+    path = save_dataset(data, target, format=format, meta={"task": "hopper"})
+    assert detect_format(path) == format
+    loaded, meta = load_dataset(path)
+    # Minari cannot say "cut without a time limit": the final, cut episode comes back truncated.
+    expected = data
+    if format in ("minari", "ogbench"):
+        timeouts = data.timeouts.copy()
+        timeouts[-1] = True
+        expected = Dataset.from_arrays(data.arrays() | {"timeouts": timeouts})
+    assert_same(loaded, expected)
+    assert meta.get("task") == "hopper"
+
+
+def test_d4rl_without_next_observations_drops_timeout_rows(tmp_path):
+    # Old D4RL files: next obs is obs[t+1]; rows at a timeout have no valid successor.
+    obs = np.arange(6, dtype=np.float32)[:, None]
+    path = tmp_path / "old.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = obs
+        f["actions"] = np.zeros((6, 1), np.float32)
+        f["rewards"] = np.arange(6, dtype=np.float32)
+        f["terminals"] = np.array([0, 0, 0, 0, 0, 0], bool)
+        f["timeouts"] = np.array([0, 0, 1, 0, 0, 0], bool)
+    data, _ = load_dataset(path)
+    np.testing.assert_array_equal(data.rewards, [0, 1, 3, 4])  # row 2 (timeout), row 5 (last)
+    np.testing.assert_array_equal(data.next_observations[:, 0], [1, 2, 4, 5])
+    assert [(s.start, s.stop) for s in data.episodes()] == [(0, 2), (2, 4)]  # continuity rule
+
+
+def test_minari_dict_observations_and_terminations(tmp_path):
+    file = tmp_path / "maze" / "data" / "main_data.hdf5"
+    file.parent.mkdir(parents=True)
+    with h5py.File(file, "w") as f:
+        for i, (length, terminated) in enumerate(((3, True), (2, False))):
+            episode = f.create_group(f"episode_{i}")
+            obs = episode.create_group("observations")
+            obs["observation"] = np.full((length + 1, 4), i, np.float32)
+            obs["desired_goal"] = np.full((length + 1, 2), 10 + i, np.float32)
+            obs["achieved_goal"] = np.arange(length + 1, dtype=np.float32)[:, None].repeat(2, 1)
+            episode["actions"] = np.zeros((length, 2), np.float32)
+            episode["rewards"] = np.ones(length, np.float32)
+            episode["terminations"] = (
+                np.arange(length) == length - 1 if terminated else np.zeros(length, bool)
+            )
+            episode["truncations"] = (
+                np.zeros(length, bool) if terminated else np.arange(length) == length - 1
+            )
+    data, meta = load_dataset(tmp_path / "maze")
+    assert meta["observation_keys"] == ["achieved_goal", "desired_goal", "observation"]
+    assert data.observations.shape == (5, 8)
+    np.testing.assert_array_equal(data.observations[1], [1, 1, 10, 10, 0, 0, 0, 0])
+    np.testing.assert_array_equal(data.next_observations[2, :2], [3, 3])  # the T+1-th row
+    np.testing.assert_array_equal(data.terminals, [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(data.timeouts, [0, 0, 0, 0, 1])
+
+
+def test_ogbench_terminals_are_trajectory_ends_not_true_terminals(tmp_path):
+    path = tmp_path / "ogbench.npz"
+    obs = np.arange(6, dtype=np.float32)[:, None]
+    np.savez(
+        path,
+        observations=obs,
+        actions=np.zeros((6, 1), np.float32),
+        rewards=np.array([0, 0, 1, 0, 0, 0], np.float32),
+        terminals=np.array([0, 0, 1, 0, 0, 1], np.float32),  # two trajectories of 3
+        masks=np.array([1, 1, 0, 1, 1, 1], np.float32),  # the first reached its goal
+    )
+    data, _ = load_dataset(path)
+    # Compact layout: each trajectory's last row has no successor and is dropped.
+    np.testing.assert_array_equal(data.observations[:, 0], [0, 1, 3, 4])
+    np.testing.assert_array_equal(data.next_observations[:, 0], [1, 2, 4, 5])
+    np.testing.assert_array_equal(data.terminals, [0, 0, 0, 0])
+    np.testing.assert_array_equal(data.timeouts, [0, 1, 0, 1])
+    assert [(s.start, s.stop) for s in data.episodes()] == [(0, 2), (2, 4)]
+
+
+def test_ogbench_with_next_observations_keeps_true_terminals(tmp_path):
+    path = tmp_path / "ogbench.npz"
+    obs = np.arange(4, dtype=np.float32)[:, None]
+    np.savez(
+        path,
+        observations=obs,
+        next_observations=obs + 1,
+        actions=np.zeros((4, 1), np.float32),
+        rewards=np.array([0, 1, 0, 0], np.float32),
+        terminals=np.array([0, 1, 0, 1], np.float32),
+        masks=np.array([1, 0, 1, 1], np.float32),
+    )
+    data, _ = load_dataset(path)
+    np.testing.assert_array_equal(data.terminals, [0, 1, 0, 0])
+    np.testing.assert_array_equal(data.timeouts, [0, 0, 0, 1])
+
+
+def test_ogbench_goal_conditioned_data_without_rewards_is_refused(tmp_path):
+    path = tmp_path / "navigate.npz"
+    np.savez(
+        path,
+        observations=np.zeros((3, 2)),
+        actions=np.zeros((3, 1)),
+        terminals=np.array([0, 0, 1]),
+    )
+    with pytest.raises(DatasetError, match=r"navigate\.npz.*'rewards'.*singletask"):
+        load_dataset(path)
+
+
+def test_broken_files_name_the_file_and_the_fix(tmp_path):
+    garbage = tmp_path / "broken.hdf5"
+    garbage.write_bytes(b"not hdf5 at all")
+    with pytest.raises(DatasetError, match=r"broken\.hdf5.*not a readable HDF5 file.*Fix"):
+        load_dataset(garbage)
+    partial = tmp_path / "partial.hdf5"
+    with h5py.File(partial, "w") as f:
+        f["observations"] = np.zeros((3, 2))
+        f["actions"] = np.zeros((3, 1))
+    with pytest.raises(DatasetError, match=r"partial\.hdf5.*'rewards'.*missing"):
+        load_dataset(partial)
+    csv = tmp_path / "data.csv"
+    csv.write_text("x")
+    with pytest.raises(ValueError, match=r"suffix '\.csv'.*--from"):
+        load_dataset(csv)
+    with pytest.raises(FileNotFoundError, match="no such dataset"):
+        load_dataset(tmp_path / "missing.npz")
+
+
+def test_cli_convert_keeps_the_data(tmp_path, capsys):
+    data = episodes_dataset()
+    src = save_dataset(data, tmp_path / "src.npz", meta={"task": "hopper"})
+    cli_main(["dataset", "convert", str(src), str(tmp_path / "d4rl.hdf5")])
+    cli_main(["dataset", "convert", str(tmp_path / "d4rl.hdf5"), str(tmp_path / "back.npz")])
+    back, meta = load_dataset(tmp_path / "back.npz")
+    assert_same(back, data)
+    assert meta == {"task": "hopper"}
+    cli_main(["dataset", "info", str(tmp_path / "back.npz"), "--json", str(tmp_path / "info.json")])
+    (row,) = json.loads((tmp_path / "info.json").read_text())
+    assert row["transitions"] == len(data)

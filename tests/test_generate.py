@@ -1,0 +1,211 @@
+"""Behaviour-policy files, dataset generation and caching, task names, reward transforms."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from o2o.cli import main
+from o2o.data.generate import dataset_from_replay, make_dataset, rollout
+from o2o.envs import tasks
+from o2o.envs.tasks import SPARSE_TO_MINUS_ONE, RewardTransform, get_task, parse_task
+from o2o.nets.policies import TanhGaussian
+from o2o.train.pipeline import default_config, replay_transitions, train
+from o2o.zoo import load_policy, save_policy
+
+
+def _write_policy(path, obs_dim=11, act_dim=3, bias=0.0, seed=0):
+    module = TanhGaussian(act_dim, (16, 16))
+    params = module.init(jax.random.key(seed), np.zeros((1, obs_dim), np.float32))
+    params = jax.tree.map(lambda x: x + bias, params)
+    meta = {"hidden_dims": [16, 16], "action_dim": act_dim, "task": "hopper"}
+    save_policy(path, params, meta)
+    return params
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch):
+    """A zoo of tiny hopper policies and an empty dataset cache, both under tmp_path."""
+    monkeypatch.setenv("O2O_ZOO_DIR", str(tmp_path / "zoo"))
+    monkeypatch.setenv("O2O_DATA_DIR", str(tmp_path / "cache"))
+    for i, level in enumerate(("random", "medium", "expert")):
+        _write_policy(tmp_path / "zoo" / f"hopper-{level}.npz", seed=i)
+    return tmp_path
+
+
+def test_policy_file_round_trip(tmp_path):
+    params = _write_policy(tmp_path / "p.npz", bias=0.1)
+    policy = load_policy(tmp_path / "p.npz")
+    assert policy.meta["action_dim"] == 3
+    obs = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
+    mean, _ = TanhGaussian(3, (16, 16)).apply(params, obs)
+    np.testing.assert_allclose(
+        policy.act(obs, jax.random.key(0), True), np.tanh(mean), rtol=1e-5, atol=1e-6
+    )
+    sampled = policy.act(obs, jax.random.key(1))
+    assert sampled.shape == (5, 3) and np.all(np.abs(sampled) <= 1)
+    assert not np.allclose(sampled, policy.act(obs, jax.random.key(2)))
+
+
+def test_damaged_policy_file_is_reported(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.npz: not a valid o2o policy file"):
+        load_policy(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError, match=r"train_zoo\.py"):
+        load_policy(tmp_path / "missing.npz")
+
+
+def test_rollout_is_deterministic_and_well_formed(zoo):
+    policy = load_policy(zoo / "zoo" / "hopper-medium.npz")
+    task = get_task("hopper")
+    a = rollout(task, policy.act, 600, seed=3, source="a", num_envs=4)
+    b = rollout(task, policy.act, 600, seed=3, source="b", num_envs=4)
+    c = rollout(task, policy.act, 600, seed=4, source="c", num_envs=4)
+    assert len(a) == 600
+    for name, x in a.arrays().items():
+        np.testing.assert_array_equal(x, b.arrays()[name])
+    assert not np.array_equal(a.observations, c.observations)
+    # Each of the 4 streams is contiguous: inside an episode next_obs[t] == obs[t+1].
+    ends = a.episode_ends
+    assert not a.terminals[~ends].any() and not a.timeouts[~ends].any()
+    inside = ~ends[:-1]
+    np.testing.assert_array_equal(a.next_observations[:-1][inside], a.observations[1:][inside])
+    # An untrained hopper falls: real terminals, and stream ends are episode ends.
+    assert a.terminals.sum() > 0 and ends[[149, 299, 449, 599]].all()
+
+
+def test_make_dataset_caches_and_composes_levels(zoo, capsys):
+    medium, path = make_dataset("hopper-medium", size=300, seed=0)
+    again, path_again = make_dataset("hopper-medium", size=300, seed=0)
+    assert path == path_again and path.exists()
+    np.testing.assert_array_equal(medium.observations, again.observations)
+    mixed, _ = make_dataset("hopper-medium-expert", size=300, seed=0)
+    expert, _ = make_dataset("hopper-expert", size=300, seed=0)
+    assert len(mixed) == 600
+    np.testing.assert_array_equal(mixed.actions[:300], medium.actions)
+    np.testing.assert_array_equal(mixed.actions[300:], expert.actions)
+    # A retrained zoo policy changes the cache key, so stale data is never reused.
+    _write_policy(zoo / "zoo" / "hopper-medium.npz", seed=7)
+    assert make_dataset("hopper-medium", size=300, seed=0)[1] != path
+
+
+def test_dataset_make_and_info_cli(zoo, capsys):
+    main(["dataset", "make", "hopper-random", "--size", "400", "--out", str(zoo / "r.npz")])
+    out = capsys.readouterr().out
+    assert "hopper-random" in out and "400" in out and str(zoo / "r.npz") in out
+    md = zoo / "table.md"
+    main(
+        [
+            "dataset",
+            "info",
+            str(zoo / "r.npz"),
+            "hopper-random",
+            "--size",
+            "400",
+            "--markdown",
+            str(md),
+        ]
+    )
+    rows = md.read_text().splitlines()[2:]
+    assert len(rows) == 2 and all("| 400 |" in row for row in rows)
+    assert rows[0].split("|")[2:] == rows[1].split("|")[2:]  # same data, same score
+
+
+def test_medium_replay_requires_the_shipped_buffer(zoo):
+    with pytest.raises(FileNotFoundError, match=r"hopper-medium-replay\.npz.*train_zoo\.py"):
+        make_dataset("hopper-medium-replay")
+
+
+def test_dataset_from_replay_marks_time_limit_cuts():
+    # Two episodes: one cut by a time limit after 3 steps, one ending in a terminal.
+    obs = np.arange(7, dtype=np.float32)[:, None]
+    next_obs = obs + 1
+    next_obs[2] = 100.0  # the environment was reset after row 2 (time limit)
+    masks = np.array([1, 1, 1, 1, 1, 1, 0], np.float32)
+    replay = {
+        "observations": obs,
+        "actions": np.zeros((7, 1), np.float32),
+        "rewards": np.ones(7, np.float32),
+        "next_observations": next_obs,
+        "masks": masks,
+    }
+    data = dataset_from_replay(replay, "replay")
+    np.testing.assert_array_equal(data.timeouts, [0, 0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(data.terminals, [0, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(data.episode_returns(), [3, 4])
+
+
+def test_task_names_and_levels():
+    assert parse_task("hopper") == (get_task("hopper"), None)
+    assert parse_task("walker2d-medium-replay")[1] == "medium-replay"
+    with pytest.raises(ValueError, match=r"unknown dataset level .mediocre.*medium-expert"):
+        parse_task("hopper-mediocre")
+    with pytest.raises(ValueError, match="names a task, not a dataset"):
+        make_dataset("hopper")
+
+
+def test_reward_transforms():
+    np.testing.assert_array_equal(SPARSE_TO_MINUS_ONE(np.array([0.0, 1.0])), [-1.0, 0.0])
+    assert RewardTransform(2.0, 0.5)(3.0) == 6.5
+
+
+def test_online_rewards_are_transformed_but_returns_are_not(tmp_path, monkeypatch):
+    pendulum = tasks.Task(
+        "pendulum-shifted",
+        "Pendulum-v1",
+        -1200.0,
+        -150.0,
+        "test",
+        200,
+        reward_transform=RewardTransform(0.0, 5.0),
+    )
+    monkeypatch.setitem(tasks.TASKS, pendulum.name, pendulum)
+    config = default_config(
+        "sac",
+        task=pendulum.name,
+        online_steps=20,
+        eval_interval=20,
+        eval_episodes=1,
+        out=tmp_path / "run",
+    )
+    small = dataclasses.replace(config.agent, hidden_dims=(8,), batch_size=4, start_steps=10)
+    train(dataclasses.replace(config, agent=small))
+    np.testing.assert_array_equal(replay_transitions(tmp_path / "run")["rewards"], 5.0)
+    metrics = (tmp_path / "run" / "summary.json").read_text()
+    assert '"final_return": -' in metrics  # evaluation stays in the environment's units
+
+
+def test_generated_dataset_trains_rlpd(zoo):
+    out = zoo / "run"
+    main(
+        [
+            "train",
+            "--algo",
+            "rlpd",
+            "--task",
+            "hopper-medium",
+            "--online-steps",
+            "12",
+            "--eval-interval",
+            "12",
+            "--eval-episodes",
+            "1",
+            "--agent.start-steps",
+            "10",
+            "--agent.utd-ratio",
+            "2",
+            "--agent.num-critics",
+            "2",
+            "--agent.hidden-dims",
+            "8",
+            "--agent.batch-size",
+            "8",
+            "--dataset-size",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
+    assert (out / "summary.json").exists()
+    assert len(list((zoo / "cache").glob("hopper-medium-200-seed0-*.npz"))) == 1
