@@ -16,11 +16,17 @@ import tyro
 
 from o2o.agents import AGENTS
 from o2o.data.formats import FORMATS, load_dataset, save_dataset
-from o2o.data.generate import make_dataset
+from o2o.data.generate import dataset_from_replay, make_dataset
 from o2o.envs.tasks import TASKS, get_task
 from o2o.logging import console
 from o2o.report.tables import dataset_row, print_dataset_table
-from o2o.train.pipeline import TrainConfig, default_config, train
+from o2o.train.pipeline import (
+    TrainConfig,
+    default_config,
+    load_config,
+    replay_transitions,
+    train,
+)
 
 USAGE = """usage: o2o COMMAND [FLAGS]
 
@@ -97,6 +103,10 @@ def dataset_command(argv: list[str]) -> None:
     convert.add_argument("dst", type=Path)
     convert.add_argument("--to", choices=FORMATS, default=None, help="default: from dst suffix")
     convert.add_argument("--from", dest="src_format", choices=FORMATS, default=None)
+    from_run = sub.add_parser("from-run", help="a training run's replay buffer as a dataset")
+    from_run.add_argument("run", type=Path, help="run directory (with checkpoints/latest)")
+    from_run.add_argument("dst", type=Path)
+    from_run.add_argument("--to", choices=FORMATS, default=None, help="default: from dst suffix")
     args = parser.parse_args(argv)
     if args.action == "make":
         dataset, path = make_dataset(args.name, args.size, args.seed)
@@ -109,6 +119,15 @@ def dataset_command(argv: list[str]) -> None:
     elif args.action == "info":
         rows = [_info_row(spec, args) for spec in args.datasets]
         print_dataset_table(rows, args.markdown, args.json)
+    elif args.action == "from-run":
+        config = load_config(args.run)
+        task = get_task(config.task)
+        replay = replay_transitions(args.run)
+        replay["rewards"] = task.reward_transform.inverse(replay["rewards"])  # env units
+        dataset = dataset_from_replay(replay, f"replay buffer of {args.run}")
+        meta = {"task": task.name, "run": str(args.run), "algo": config.algo}
+        path = save_dataset(dataset, args.dst, format=args.to, meta=meta)
+        print_dataset_table([dataset_row(str(path), dataset, task)])
     else:
         dataset, meta = load_dataset(args.src, format=args.src_format)
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)

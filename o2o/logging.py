@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from tensorboardX import SummaryWriter
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay whole in logs
 
 
 def _jsonable(value: Any) -> Any:

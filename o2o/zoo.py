@@ -2,8 +2,10 @@
 
 A policy file is one `.npz`: the actor's parameters under their flax paths
 (`params/MLP_0/Dense_0/kernel`) and a `meta` JSON string (task, layer sizes, returns,
-how it was trained). The zoo (`assets/policies/TASK-LEVEL.npz`) holds the `medium` and
-`expert` policies that `o2o dataset make` rolls out; `scripts/train_zoo.py` made them.
+how it was trained); a policy chain (snapshots of one run) prefixes each path with its index.
+The zoo (`assets/policies/TASK-LEVEL.npz`) holds the `random`, `medium` and `expert`
+policies that `o2o dataset make` rolls out, and `TASK-medium-replay.npz`, the chain of the
+medium run's snapshots; `scripts/train_zoo.py` made them.
 """
 
 from __future__ import annotations
@@ -27,12 +29,25 @@ ZOO_LEVELS = ("random", "medium", "expert")  # random: the untrained initial pol
 
 def save_policy(path: Path, params: Any, meta: dict[str, Any]) -> None:
     """Write a tanh-Gaussian actor's parameters and `meta` (must name `hidden_dims`)."""
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    _write(path, traverse_util.flatten_dict(jax.device_get(params), sep="/"), meta)
+
+
+def save_policy_chain(path: Path, params: list[Any], steps: list[int], meta: dict) -> None:
+    """Write a sequence of actors (snapshots of one training run, taken at `steps`)."""
+    flat = {
+        f"{i}/{key}": value
+        for i, p in enumerate(params)
+        for key, value in traverse_util.flatten_dict(jax.device_get(p), sep="/").items()
+    }
+    _write(path, flat, meta | {"chain_steps": [int(s) for s in steps]})
+
+
+def _write(path: Path, flat: dict[str, Any], meta: dict[str, Any]) -> None:
     arrays = {k: np.asarray(v, np.float32) for k, v in flat.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
     tmp.replace(path)
 
 
@@ -63,6 +78,26 @@ class Policy:
 
 def load_policy(path: Path) -> Policy:
     """Read a policy file; a missing or damaged file is reported with the fix."""
+    flat, meta, module = _read(path)
+    params = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep="/"))
+    return Policy(params, meta, module)
+
+
+def load_policy_chain(path: Path) -> tuple[list[Policy], list[int]]:
+    """Read a file written by `save_policy_chain`: the policies and the steps they were taken."""
+    flat, meta, module = _read(path)
+    if "chain_steps" not in meta:
+        raise ValueError(f"{path}: holds one policy, not a chain; read it with load_policy")
+    steps = meta["chain_steps"]
+    policies = []
+    for i in range(len(steps)):
+        own = {k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == str(i)}
+        params = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(own, sep="/"))
+        policies.append(Policy(params, meta | {"env_steps": steps[i]}, module))
+    return policies, steps
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], TanhGaussian]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -72,14 +107,12 @@ def load_policy(path: Path) -> Policy:
         with np.load(path) as npz:
             meta = json.loads(str(npz["meta"]))
             flat = {k: np.asarray(npz[k]) for k in npz.files if k != "meta"}
-        hidden_dims = tuple(meta["hidden_dims"])
-        action_dim = int(meta["action_dim"])
+        module = TanhGaussian(int(meta["action_dim"]), tuple(meta["hidden_dims"]))
     except (KeyError, ValueError, OSError) as err:
         raise ValueError(
             f"{path}: not a valid o2o policy file ({err}); re-create it with scripts/train_zoo.py"
         ) from err
-    params = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep="/"))
-    return Policy(params, meta, TanhGaussian(action_dim, hidden_dims))
+    return flat, meta, module
 
 
 def zoo_dir() -> Path:

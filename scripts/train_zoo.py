@@ -7,7 +7,8 @@
 re-running it resumes. `select` rolls out those snapshots with sampled actions (as datasets
 are collected), and writes to assets/: `TASK-expert.npz` (the best snapshot), `TASK-medium.npz`
 (the snapshot closest to one third of the D4RL expert return, D4RL's medium recipe) and
-`TASK-medium-replay.npz` (the training run's replay buffer up to the medium snapshot).
+`TASK-medium-replay.npz` (the run's snapshots every 10k steps up to the medium one, from which
+`o2o dataset make TASK-medium-replay` re-collects the replay buffer; see o2o/data/generate.py).
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ import argparse
 import json
 from pathlib import Path
 
-from o2o.data.formats import save_native
-from o2o.data.generate import dataset_from_replay, replay_path, rollout
+from o2o.data.generate import replay_path, rollout
 from o2o.envs.tasks import Task, get_task
 from o2o.report.tables import markdown_table
-from o2o.train import pipeline
 from o2o.train.pipeline import default_config, train
-from o2o.zoo import load_policy, save_policy, zoo_dir, zoo_policy
+from o2o.zoo import load_policy, save_policy, save_policy_chain, zoo_dir, zoo_policy
 
 RUNS = Path("runs") / "zoo"
 EVAL_INTERVAL = 5000
 EVAL_EPISODES = 5
 ROLLOUT_STEPS, ROLLOUT_ENVS = 10_000, 10  # sampled-action rollouts that rank snapshots
+CHAIN_INTERVAL = 10_000  # snapshot spacing of the medium-replay chain
+POLICY_KEYS = ("task", "env_id", "hidden_dims", "observation_dim", "action_dim", "run_dir")
 
 
 def run_dir(task: str, seed: int) -> Path:
@@ -58,7 +59,14 @@ def _snapshots(task: str, seed: int) -> list[tuple[Path, dict]]:
 def sampled_return(task: Task, path: Path, seed: int) -> dict:
     """Return statistics of a policy's sampled-action rollouts (exactly how data is made)."""
     policy = load_policy(path)
-    data = rollout(task, policy.act, ROLLOUT_STEPS, seed, f"{path.name} rollouts", ROLLOUT_ENVS)
+    data = rollout(
+        task,
+        lambda obs, key, t: policy.act(obs, key),
+        ROLLOUT_STEPS,
+        seed,
+        f"{path.name} rollouts",
+        ROLLOUT_ENVS,
+    )
     stats = data.summary()
     return {
         "rollout_return_mean": stats["return_mean"],
@@ -92,13 +100,23 @@ def select_task(task_name: str, seed: int, candidates: int) -> list[dict]:
         save_policy(zoo_policy(task_name, level), policy.params, meta)
         rows.append({"policy": f"{task_name}-{level}"} | meta)
     medium_steps = load_policy(medium[0]).meta["env_steps"]
-    replay = pipeline.replay_transitions(run_dir(task_name, seed))
-    replay = {k: v[:medium_steps] for k, v in replay.items()}
-    dataset = dataset_from_replay(replay, f"{task_name} SAC replay buffer to step {medium_steps}")
-    save_native(
-        dataset,
+    chain = [
+        (path, meta)
+        for path, meta in snaps
+        if meta["env_steps"] < medium_steps and meta["env_steps"] % CHAIN_INTERVAL == 0
+    ]
+    config = json.loads((run_dir(task_name, seed) / "config.json").read_text())
+    save_policy_chain(
         replay_path(task_name),
-        {"task": task_name, "level": "medium-replay", "env_steps": medium_steps, "seed": seed},
+        [load_policy(path).params for path, _ in chain],
+        [meta["env_steps"] for _, meta in chain],
+        {key: chain[0][1][key] for key in POLICY_KEYS}
+        | {
+            "level": "medium-replay",
+            "buffer_size": medium_steps,
+            "start_steps": config["agent"]["start_steps"],
+            "trained_by": command,
+        },
     )
     return rows
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from o2o.cli import main
+from o2o.data.formats import load_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset, rollout
 from o2o.envs import tasks
 from o2o.envs.tasks import SPARSE_TO_MINUS_ONE, RewardTransform, get_task, parse_task
 from o2o.nets.policies import TanhGaussian
 from o2o.train.pipeline import default_config, replay_transitions, train
-from o2o.zoo import load_policy, save_policy
+from o2o.zoo import load_policy, save_policy, save_policy_chain
 
 
 def _write_policy(path, obs_dim=11, act_dim=3, bias=0.0, seed=0):
@@ -59,9 +60,10 @@ def test_damaged_policy_file_is_reported(tmp_path):
 def test_rollout_is_deterministic_and_well_formed(zoo):
     policy = load_policy(zoo / "zoo" / "hopper-medium.npz")
     task = get_task("hopper")
-    a = rollout(task, policy.act, 600, seed=3, source="a", num_envs=4)
-    b = rollout(task, policy.act, 600, seed=3, source="b", num_envs=4)
-    c = rollout(task, policy.act, 600, seed=4, source="c", num_envs=4)
+    act = lambda obs, key, t: policy.act(obs, key)  # noqa: E731
+    a = rollout(task, act, 600, seed=3, source="a", num_envs=4)
+    b = rollout(task, act, 600, seed=3, source="b", num_envs=4)
+    c = rollout(task, act, 600, seed=4, source="c", num_envs=4)
     assert len(a) == 600
     for name, x in a.arrays().items():
         np.testing.assert_array_equal(x, b.arrays()[name])
@@ -112,9 +114,32 @@ def test_dataset_make_and_info_cli(zoo, capsys):
     assert rows[0].split("|")[2:] == rows[1].split("|")[2:]  # same data, same score
 
 
-def test_medium_replay_requires_the_shipped_buffer(zoo):
+def test_medium_replay_requires_the_shipped_chain(zoo):
     with pytest.raises(FileNotFoundError, match=r"hopper-medium-replay\.npz.*train_zoo\.py"):
         make_dataset("hopper-medium-replay")
+
+
+def test_medium_replay_recollects_the_buffer_snapshot_by_snapshot(zoo, capsys):
+    # Warm-up: uniform actions to step 50; then a policy saturated at +1 (steps 50-199; the
+    # step-0 snapshot is used only after the warm-up), then one saturated at -1 from step 200.
+    module = TanhGaussian(3, (16, 16))
+    base = module.init(jax.random.key(0), np.zeros((1, 11), np.float32))
+    chain = [jax.tree.map(lambda x, b=b: x * 0 + b, base) for b in (5.0, 5.0, -5.0)]
+    meta = {"hidden_dims": [16, 16], "action_dim": 3, "buffer_size": 300, "start_steps": 50}
+    save_policy_chain(zoo / "zoo" / "hopper-medium-replay.npz", chain, [0, 100, 200], meta)
+    data, _ = make_dataset("hopper-medium-replay", size=999)
+    assert "--size 999 is ignored" in capsys.readouterr().err
+    assert len(data) == 300  # the buffer's own size
+    warmup = data.actions[:50]
+    assert np.abs(warmup).max() < 1 and warmup.std() > 0.4  # uniform on [-1, 1]
+    assert (data.actions[50:200] > 0.99).all() and (data.actions[200:] < -0.99).all()
+    # One stream, as the training run: rows continue each other inside episodes.
+    inside = ~data.episode_ends[:-1]
+    np.testing.assert_array_equal(
+        data.next_observations[:-1][inside], data.observations[1:][inside]
+    )
+    again, _ = make_dataset("hopper-medium-replay")
+    np.testing.assert_array_equal(again.actions, data.actions)
 
 
 def test_dataset_from_replay_marks_time_limit_cuts():
@@ -158,7 +183,7 @@ def test_online_rewards_are_transformed_but_returns_are_not(tmp_path, monkeypatc
         -150.0,
         "test",
         200,
-        reward_transform=RewardTransform(0.0, 5.0),
+        reward_transform=RewardTransform(2.0, 5.0),
     )
     monkeypatch.setitem(tasks.TASKS, pendulum.name, pendulum)
     config = default_config(
@@ -171,9 +196,15 @@ def test_online_rewards_are_transformed_but_returns_are_not(tmp_path, monkeypatc
     )
     small = dataclasses.replace(config.agent, hidden_dims=(8,), batch_size=4, start_steps=10)
     train(dataclasses.replace(config, agent=small))
-    np.testing.assert_array_equal(replay_transitions(tmp_path / "run")["rewards"], 5.0)
     metrics = (tmp_path / "run" / "summary.json").read_text()
     assert '"final_return": -' in metrics  # evaluation stays in the environment's units
+    # The agent learned from 2r + 5; an exported buffer is back in the environment's units.
+    seen = replay_transitions(tmp_path / "run")["rewards"]
+    main(["dataset", "from-run", str(tmp_path / "run"), str(tmp_path / "replay.hdf5")])
+    exported, meta = load_dataset(tmp_path / "replay.hdf5")
+    assert len(exported) == 20 and meta["task"] == "pendulum-shifted"
+    assert (exported.rewards <= 0).all() and exported.rewards.std() > 0  # Pendulum's -cost
+    np.testing.assert_allclose(seen, 2 * exported.rewards + 5, rtol=1e-5)
 
 
 def test_generated_dataset_trains_rlpd(zoo):

@@ -4,7 +4,16 @@ Levels follow D4RL (Fu et al. 2020): `random` (the untrained, randomly initialis
 `medium` (a policy at about one third of expert return), `expert`, `medium-replay` (the
 replay buffer of the run that trained the medium policy, up to that policy) and
 `medium-expert` (medium and expert data, `size` of each, so 2M transitions by default as in
-D4RL). Actions are sampled from the stochastic policy. Episodes end at a true terminal, at the
+D4RL).
+
+Deviation for `medium-replay`: D4RL ships the buffer itself; o2o regenerates it, because the
+buffers are too large to ship (Hopper's, 190k transitions, is 18 MB compressed; Ant's
+observations are ten times wider).
+The zoo keeps the medium run's policy snapshots (every 10k steps) and the number of uniform
+random warm-up steps; the buffer is re-collected in one environment stream, step t by the
+latest snapshot taken at or before t. Each snapshot lags the true policy by up to 10k steps.
+
+Actions are sampled from the stochastic policy. Episodes end at a true terminal, at the
 task's time limit (timeouts=1), or where a collection stream reaches its quota (neither flag:
 the next row starts another stream, which the `observations[t+1]` rule detects).
 
@@ -14,6 +23,7 @@ as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 from collections.abc import Callable
@@ -34,7 +44,7 @@ from o2o.data.dataset import FIELDS, Dataset
 from o2o.data.formats import load_native, save_native
 from o2o.envs.tasks import Task, parse_task
 from o2o.logging import console
-from o2o.zoo import ZOO_LEVELS, zoo_dir, zoo_policy
+from o2o.zoo import ZOO_LEVELS, load_policy_chain, zoo_dir, zoo_policy
 
 DATASET_VERSION = 1  # bump when a recipe changes, so cached files are not reused
 NUM_ENVS = 16  # environments stepped in lock-step (one batched policy call per step)
@@ -59,13 +69,14 @@ def collection_progress(description: str, total: int) -> tuple[Progress, int]:
 
 def rollout(
     task: Task,
-    policy: Callable[[np.ndarray, jax.Array], np.ndarray],
+    policy: Callable[[np.ndarray, jax.Array, int], np.ndarray],
     size: int,
     seed: int,
     source: str,
     num_envs: int = NUM_ENVS,
 ) -> Dataset:
-    """`size` transitions of `policy(observations, key) -> actions` on `task`.
+    """`size` transitions of `policy(observations, key, t) -> actions` on `task` (t: the step
+    index within each stream).
 
     `num_envs` environments run in lock-step; environment i contributes one contiguous
     stream of about size/num_envs transitions, so the data does not favour short episodes.
@@ -81,7 +92,7 @@ def rollout(
     bar, bar_task = collection_progress(f"collecting {source}", size)
     with bar:
         for t in range(int(quotas.max())):
-            actions = np.clip(policy(obs, jax.random.fold_in(key, t)), -1.0, 1.0)
+            actions = np.clip(policy(obs, jax.random.fold_in(key, t), t), -1.0, 1.0)
             for i in np.flatnonzero(quotas > t):
                 next_obs, reward, terminated, truncated, _ = envs[i].step(actions[i])
                 next_obs = next_obs.astype(np.float32)
@@ -123,8 +134,23 @@ def dataset_from_replay(transitions: dict[str, np.ndarray], source: str) -> Data
     return Dataset.from_arrays(arrays, source)
 
 
+def collect_medium_replay(task: Task, seed: int) -> Dataset:
+    """Re-collect the medium run's replay buffer from its snapshot chain (see module doc)."""
+    policies, steps = load_policy_chain(replay_path(task.name))
+    meta = policies[0].meta
+    size, warmup, action_dim = meta["buffer_size"], meta["start_steps"], meta["action_dim"]
+
+    def policy(obs: np.ndarray, key: jax.Array, t: int) -> np.ndarray:
+        if t < warmup:  # SAC's uniform random warm-up
+            return np.asarray(jax.random.uniform(key, (len(obs), action_dim), minval=-1.0))
+        return policies[bisect.bisect_right(steps, t) - 1].act(obs, key)
+
+    source = f"generated {task.name}-medium-replay (seed {seed})"
+    return rollout(task, policy, size, seed, source, num_envs=1)
+
+
 def replay_path(task: str) -> Path:
-    """The medium training run's replay buffer shipped for `medium-replay`."""
+    """The medium training run's snapshot chain, from which `medium-replay` is made."""
     return zoo_dir() / f"{task}-medium-replay.npz"
 
 
@@ -154,7 +180,7 @@ def make_dataset(name: str, size: int | None = None, seed: int = 0) -> tuple[Dat
             + ", ".join(f"{task.name}-{lv}" for lv in task.levels)
         )
     if level == "medium-replay":
-        return _medium_replay(task, size)
+        size = _medium_replay_size(task, size)
     size = size or task.dataset_size
     if size < 1:
         raise ValueError(f"--size must be positive, got {size}")
@@ -178,16 +204,17 @@ def make_dataset(name: str, size: int | None = None, seed: int = 0) -> tuple[Dat
     return dataset, path
 
 
-def _medium_replay(task: Task, size: int | None) -> tuple[Dataset, Path]:
+def _medium_replay_size(task: Task, size: int | None) -> int:
     path = replay_path(task.name)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: no medium-replay buffer for '{task.name}'; scripts/train_zoo.py writes it "
-            "when it selects the medium policy"
+            f"{path}: no medium-replay policy chain for '{task.name}'; scripts/train_zoo.py "
+            "writes it when it selects the medium policy"
         )
-    if size is not None:
+    buffer_size = load_policy_chain(path)[0][0].meta["buffer_size"]
+    if size is not None and size != buffer_size:
         console.print(
-            f"[yellow]{task.name}-medium-replay is the whole replay buffer of the medium "
-            f"run; --size {size} is ignored"
+            f"[yellow]{task.name}-medium-replay is the medium run's whole buffer "
+            f"({buffer_size} transitions); --size {size} is ignored"
         )
-    return load_native(path)[0], path
+    return buffer_size

@@ -33,6 +33,12 @@ class RewardTransform:
     def __call__(self, rewards):
         return rewards * self.scale + self.shift
 
+    def inverse(self, rewards):
+        """Back to the environment's units (e.g. to export a run's replay buffer)."""
+        if self.scale == 0.0:
+            raise ValueError("a reward transform with scale 0 cannot be inverted")
+        return (rewards - self.shift) / self.scale
+
     @property
     def is_identity(self) -> bool:
         return self.scale == 1.0 and self.shift == 0.0
@@ -70,13 +76,16 @@ class Task:
         return 100.0 * (episode_return - self.random_return) / span
 
     def collect(self, level: str, size: int, seed: int) -> Dataset:
-        """`size` transitions of the zoo's `level` policy (D4RL's recipe: sampled actions)."""
-        from o2o.data.generate import rollout
+        """`size` transitions of the zoo's `level` policy (D4RL's recipe: sampled actions);
+        `medium-replay` re-collects the medium run's buffer and has its own size."""
+        from o2o.data.generate import collect_medium_replay, rollout
         from o2o.zoo import load_policy, zoo_policy
 
+        if level == "medium-replay":
+            return collect_medium_replay(self, seed)
         policy = load_policy(zoo_policy(self.name, level))
         source = f"generated {self.name}-{level} (seed {seed})"
-        return rollout(self, policy.act, size, seed, source=source)
+        return rollout(self, lambda obs, key, t: policy.act(obs, key), size, seed, source=source)
 
 
 def _unit_actions(env: gym.Env) -> gym.Env:
