@@ -103,7 +103,7 @@ def select_task(task_name: str, seed: int, candidates: int) -> list[dict]:
     chain = [
         (path, meta)
         for path, meta in snaps
-        if meta["env_steps"] < medium_steps and meta["env_steps"] % CHAIN_INTERVAL == 0
+        if meta["env_steps"] <= medium_steps and meta["env_steps"] % CHAIN_INTERVAL == 0
     ]
     config = json.loads((run_dir(task_name, seed) / "config.json").read_text())
     save_policy_chain(

