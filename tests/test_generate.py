@@ -1,6 +1,7 @@
 """Behaviour-policy files, dataset generation and caching, task names, reward transforms."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -183,7 +184,7 @@ def test_online_rewards_are_transformed_but_returns_are_not(tmp_path, monkeypatc
         -150.0,
         "test",
         200,
-        reward_transform=RewardTransform(2.0, 5.0),
+        reward_transform=RewardTransform(-1.0, 1.0),  # Pendulum's r <= 0 becomes 1 - r >= 1
     )
     monkeypatch.setitem(tasks.TASKS, pendulum.name, pendulum)
     config = default_config(
@@ -198,13 +199,16 @@ def test_online_rewards_are_transformed_but_returns_are_not(tmp_path, monkeypatc
     train(dataclasses.replace(config, agent=small))
     metrics = (tmp_path / "run" / "summary.json").read_text()
     assert '"final_return": -' in metrics  # evaluation stays in the environment's units
-    # The agent learned from 2r + 5; an exported buffer is back in the environment's units.
+    # Q-bias compares Q with Monte-Carlo returns of the rewards Q learned (>= 1 per step).
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["q_mc_mean"] > 50 and last["return_mean"] < 0
+    # The agent learned from 1 - r; an exported buffer is back in the environment's units.
     seen = replay_transitions(tmp_path / "run")["rewards"]
     main(["dataset", "from-run", str(tmp_path / "run"), str(tmp_path / "replay.hdf5")])
     exported, meta = load_dataset(tmp_path / "replay.hdf5")
     assert len(exported) == 20 and meta["task"] == "pendulum-shifted"
     assert (exported.rewards <= 0).all() and exported.rewards.std() > 0  # Pendulum's -cost
-    np.testing.assert_allclose(seen, 2 * exported.rewards + 5, rtol=1e-5)
+    np.testing.assert_allclose(seen, 1 - exported.rewards, rtol=1e-5)
 
 
 def test_generated_dataset_trains_rlpd(zoo):

@@ -73,7 +73,8 @@ class Evaluator:
         rew = np.concatenate([np.asarray(t["rew"], np.float32) for t in trajectories])
         ends = np.zeros(len(rew), bool)
         ends[np.cumsum(lengths) - 1] = True
-        q_mc = discounted_returns(rew, ends, self.gamma)
+        # Q is learned from transformed rewards: compare it with returns in the same units.
+        q_mc = discounted_returns(self.task.reward_transform(rew), ends, self.gamma)
         q_pred = np.asarray(_q(agent, jnp.asarray(_pad(obs)), jnp.asarray(_pad(act))))[: len(rew)]
         valid = valid_for_bias(lengths, list(terminated), self.gamma)
         return q_bias_stats(q_pred, q_mc, valid)
