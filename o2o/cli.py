@@ -21,7 +21,7 @@ from o2o.envs.tasks import TASKS, get_task
 from o2o.logging import console
 from o2o.report.tables import dataset_row, print_dataset_table
 from o2o.train.pipeline import (
-    TrainConfig,
+    config_type,
     default_config,
     load_config,
     replay_transitions,
@@ -55,7 +55,11 @@ def train_command(argv: list[str]) -> Path:
         f"{name}: {spec.summary}" for name, spec in AGENTS.items()
     )
     config = tyro.cli(
-        TrainConfig, default=default, args=argv, prog="o2o train", description=description
+        config_type(known.algo),
+        default=default,
+        args=argv,
+        prog="o2o train",
+        description=description,
     )
     return train(config)
 

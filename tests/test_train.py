@@ -165,3 +165,47 @@ def test_restart_without_checkpoint_starts_fresh_metrics(tmp_path):
     shutil.rmtree(out / "checkpoints")
     run(flags)
     assert [r["env_steps"] for r in read_metrics(out)] == [0, 10]
+
+
+def _hopper_dataset(tmp_path, n=200):
+    rng = np.random.default_rng(0)
+    data = {
+        "observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "next_observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+    }
+    return save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
+
+
+def test_offline_then_online_share_one_step_axis_and_resume(tmp_path):
+    out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    flags = (
+        f"--algo sac --task hopper --dataset {path} --offline-steps 60 --eval-interval 30 "
+        f"--agent.start-steps 5 --out {out}"
+    )
+    run(f"{flags} --online-steps 0")
+    records = read_metrics(out)
+    assert [(r["phase"], r["step"]) for r in records] == [
+        ("offline", 0),
+        ("offline", 30),
+        ("offline", 60),
+    ]
+    assert summary(out)["offline_updates"] == 60 and "final_score" not in summary(out)
+    assert np.isfinite(records[-1]["train/critic_loss"])
+    # Extending the run online keeps the offline phase (done: not repeated) and its records.
+    run(f"{flags} --online-steps 30")
+    records = read_metrics(out)
+    assert [(r["phase"], r["step"], r["env_steps"]) for r in records[3:]] == [
+        ("online", 60, 0),
+        ("online", 90, 30),
+    ]
+    assert records[3]["return_mean"] == records[2]["return_mean"]  # the offline agent, evaluated
+    assert summary(out)["offline_updates"] == 60 and summary(out)["updates"] == 25
+
+
+def test_offline_steps_without_data_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(f"--algo sac --task hopper --offline-steps 10 --out {tmp_path / 'r'}")
+    assert "needs offline data" in capsys.readouterr().err

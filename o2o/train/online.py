@@ -19,12 +19,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.envs.tasks import Task
-from o2o.logging import RunLogger, console
+from o2o.logging import RunLogger, console, progress_bar
 from o2o.train.evaluate import Evaluator
 from o2o.zoo import save_policy
 
@@ -87,6 +86,7 @@ class OnlineLoop:
     eval_episodes: int
     buffer_capacity: int = 1_000_000
     policy_dir: Path | None = None  # where to keep the actor at every evaluation
+    step_offset: int = 0  # offline updates before this phase: records' `step` continues them
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -97,7 +97,8 @@ class OnlineLoop:
         self.env = self.task.make_env()
         self._restore()
         resumed = self.progress.env_steps > 0
-        self.logger = RunLogger(self.run_dir, self.progress.env_steps if resumed else None)
+        keep = self.step_offset + self.progress.env_steps if resumed else self.step_offset
+        self.logger = RunLogger(self.run_dir, keep if resumed or self.step_offset else None)
         self.evaluator = Evaluator(
             self.task, self.eval_episodes, seed=10_000 + self.seed, gamma=cfg.discount
         )
@@ -109,7 +110,7 @@ class OnlineLoop:
         self.episode_return, self.metrics = 0.0, {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0
 
-        with _progress_bar() as bar:
+        with progress_bar() as bar:
             task_id = bar.add_task(
                 "online", total=self.online_steps, completed=self.progress.env_steps, info=""
             )
@@ -196,7 +197,11 @@ class OnlineLoop:
         progress = self.progress
         elapsed = time.perf_counter() - self.t_interval
         progress.wall_s += elapsed
-        record = {"step": progress.env_steps, "phase": "online", "env_steps": progress.env_steps}
+        record = {
+            "step": self.step_offset + progress.env_steps,
+            "phase": "online",
+            "env_steps": progress.env_steps,
+        }
         record |= self.evaluator(self.agent)
         record["updates_per_s"] = self.updates_interval / elapsed if self.updates_interval else 0.0
         record["wall_s"] = progress.wall_s
@@ -232,14 +237,3 @@ class OnlineLoop:
         }
         path = self.policy_dir / f"step_{record['env_steps']:08d}.npz"
         save_policy(path, self.agent.actor.params, meta)
-
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    )

@@ -1,27 +1,28 @@
-"""`train(config)`: load data, build the agent, run the online phase, write the run outputs.
-
-The offline phase and the switch (issues 4-5) slot in before the online loop; today the
-pipeline runs online training with optional offline data mixed into every batch (RLPD).
+"""`train(config)`: load data, build the agent, offline phase -> `on_switch` -> online phase,
+then the run's summary. Either phase may have zero steps (RLPD has no offline phase; an
+offline benchmark no online one). Offline data also feeds online batches at the agent's
+`offline_ratio`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 from o2o.agents import get_agent
-from o2o.agents.sac import SACConfig
 from o2o.checkpoint import load_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.formats import load_dataset
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import DEFAULT_TASK, get_task, parse_task
 from o2o.logging import console
+from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
 
 
@@ -33,6 +34,8 @@ class TrainConfig:
     """Algorithm name (the list is above)."""
     task: str = DEFAULT_TASK
     """Task, e.g. hopper, or a dataset TASK-LEVEL (hopper-medium: generated on first use)."""
+    offline_steps: int = 0
+    """Gradient updates on the offline dataset before the online phase."""
     online_steps: int = 100_000
     """Environment steps of online training."""
     seed: int = 0
@@ -45,12 +48,12 @@ class TrainConfig:
     dataset_size: int | None = None
     """Transitions of a generated TASK-LEVEL dataset (default: D4RL's size for the level)."""
     eval_interval: int = 5000
-    """Environment steps between evaluations (and checkpoints)."""
+    """Offline updates or environment steps between evaluations (and checkpoints)."""
     eval_episodes: int = 10
     """Deterministic episodes per evaluation, from fixed reset seeds."""
     save_policies: bool = False
     """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots)."""
-    agent: SACConfig = dataclasses.field(default_factory=SACConfig)
+    agent: Any = None
     """Agent hyperparameters; defaults are the algorithm's reference recipe."""
 
     def run_dir(self) -> Path:
@@ -60,7 +63,19 @@ class TrainConfig:
 def default_config(algo: str, **overrides) -> TrainConfig:
     """A TrainConfig for `algo` with its reference agent recipe."""
     spec = get_agent(algo)
-    return TrainConfig(algo=algo, agent=spec.default_config, **overrides)
+    return config_type(algo)(algo=algo, agent=spec.default_config, **overrides)
+
+
+@functools.cache
+def config_type(algo: str) -> type[TrainConfig]:
+    """TrainConfig whose `agent` field has `algo`'s config type (what the CLI parses)."""
+    agent_type = type(get_agent(algo).default_config)
+    return dataclasses.make_dataclass(
+        "TrainConfig",
+        [("agent", agent_type, dataclasses.field(default_factory=agent_type))],
+        bases=(TrainConfig,),
+        frozen=True,
+    )
 
 
 def load_config(run_dir: Path) -> TrainConfig:
@@ -70,7 +85,7 @@ def load_config(run_dir: Path) -> TrainConfig:
     agent["hidden_dims"] = tuple(agent["hidden_dims"])
     agent = dataclasses.replace(get_agent(saved["algo"]).default_config, **agent)
     dataset = saved.pop("dataset")
-    return TrainConfig(
+    return config_type(saved["algo"])(
         **saved | {"out": Path(run_dir), "agent": agent},
         dataset=None if dataset is None else Path(dataset),
     )
@@ -143,6 +158,11 @@ def train(config: TrainConfig) -> Path:
         transitions = dataset.transitions()
         transitions["rewards"] = task.reward_transform(transitions["rewards"])
         offline = ReplayBuffer.from_arrays(transitions)
+    elif config.offline_steps > 0:
+        raise ValueError(
+            f"--offline-steps {config.offline_steps} needs offline data: name a dataset with "
+            f"--task {task.name}-LEVEL (levels: {', '.join(task.levels)}) or --dataset PATH"
+        )
     elif config.agent.offline_ratio > 0:
         console.print(
             f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
@@ -150,20 +170,33 @@ def train(config: TrainConfig) -> Path:
         )
     sampler = MixedSampler.create(offline, config.agent.offline_ratio)
     agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
-    start = time.perf_counter()
-    loop = OnlineLoop(
-        task,
-        agent,
-        sampler,
-        run_dir,
-        config.online_steps,
-        config.seed,
-        config.eval_interval,
-        config.eval_episodes,
-        policy_dir=run_dir / "policies" if config.save_policies else None,
-    )
-    progress = loop.run()
-    _write_summary(run_dir, config, progress, time.perf_counter() - start)
+    phases = {}
+    if config.offline_steps > 0:
+        agent, phases["offline"] = OfflineLoop(
+            task,
+            agent,
+            offline,
+            run_dir,
+            config.offline_steps,
+            config.seed,
+            config.eval_interval,
+            config.eval_episodes,
+        ).run()
+        agent = agent.on_switch(config.agent)
+    if config.online_steps > 0:
+        phases["online"] = OnlineLoop(
+            task,
+            agent,
+            sampler,
+            run_dir,
+            config.online_steps,
+            config.seed,
+            config.eval_interval,
+            config.eval_episodes,
+            policy_dir=run_dir / "policies" if config.save_policies else None,
+            step_offset=config.offline_steps,
+        ).run()
+    _write_summary(run_dir, config, phases)
     return run_dir
 
 
@@ -183,25 +216,30 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v[: int(buffer.size)]) for k, v in buffer.data.items()}
 
 
-def _write_summary(run_dir: Path, config: TrainConfig, progress, session_s: float) -> None:
-    evals = progress.evaluations
-    best = max(evals, key=lambda e: e["normalized_score"])
-    summary = {
-        "algo": config.algo,
-        "task": config.task,
-        "seed": config.seed,
-        "env_steps": progress.env_steps,
-        "updates": progress.updates,
-        "final_score": evals[-1]["normalized_score"],
-        "final_return": evals[-1]["return_mean"],
-        "best_score": best["normalized_score"],
-        "best_return": best["return_mean"],
-        "best_env_steps": best["env_steps"],
-        "wall_s": progress.wall_s,
-        "updates_per_s": progress.updates / progress.wall_s if progress.wall_s else 0.0,
-    }
+def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -> None:
+    """summary.json: per phase, the final and best evaluation, updates and time."""
+    summary: dict[str, Any] = {"algo": config.algo, "task": config.task, "seed": config.seed}
+    for name, progress in phases.items():
+        evals = progress.evaluations
+        best = max(evals, key=lambda e: e["normalized_score"])
+        prefix = "" if name == "online" else "offline_"
+        summary |= {
+            f"{prefix}final_score": evals[-1]["normalized_score"],
+            f"{prefix}final_return": evals[-1]["return_mean"],
+            f"{prefix}best_score": best["normalized_score"],
+            f"{prefix}best_return": best["return_mean"],
+            f"{prefix}updates": progress.updates,
+            f"{prefix}wall_s": progress.wall_s,
+            f"{prefix}updates_per_s": progress.updates / progress.wall_s
+            if progress.wall_s
+            else 0.0,
+        }
+        if name == "online":
+            summary |= {"env_steps": progress.env_steps, "best_env_steps": best["env_steps"]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    last = "" if "online" in phases else "offline_"
     console.print(
-        f"final return {summary['final_return']:.1f} (score {summary['final_score']:.1f}), "
-        f"best {summary['best_return']:.1f}; run directory: {run_dir}"
+        f"final return {summary[last + 'final_return']:.1f} "
+        f"(score {summary[last + 'final_score']:.1f}), best {summary[last + 'best_return']:.1f}; "
+        f"run directory: {run_dir}"
     )
