@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from o2o.agents import AGENTS
 from o2o.cli import main
 from o2o.data.dataset import Dataset
 from o2o.data.formats import save_native
@@ -209,3 +210,15 @@ def test_offline_steps_without_data_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(f"--algo sac --task hopper --offline-steps 10 --out {tmp_path / 'r'}")
     assert "needs offline data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_every_agent_runs_offline_then_online_from_the_cli(tmp_path, algo):
+    out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    run(
+        f"--algo {algo} --task hopper --dataset {path} --offline-steps 20 --online-steps 10 "
+        f"--eval-interval 10 --agent.start-steps 5 --agent.utd-ratio 1 --out {out}"
+    )
+    phases = [r["phase"] for r in read_metrics(out)]
+    assert phases == ["offline"] * 3 + ["online"] * 2
+    assert summary(out)["offline_updates"] == 20 and summary(out)["env_steps"] == 10

@@ -1,4 +1,5 @@
-"""Critic ensembles: one module's parameters stacked along a leading axis, applied by vmap.
+"""Value networks V(s) and Q(s, a), and critic ensembles: one module's parameters stacked
+along a leading axis, applied by vmap.
 
 Stacked parameters (rather than `nn.vmap` with a fixed size) let the target computation apply
 only a random subset of members, as RLPD/REDQ do, without a second module definition.
@@ -23,6 +24,17 @@ class StateActionValue(nn.Module):
     def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         x = jnp.concatenate([observations, actions], axis=-1)
         x = MLP(self.hidden_dims, activate_final=True, layer_norm=self.layer_norm)(x)
+        return nn.Dense(1)(x)[..., 0]
+
+
+class StateValue(nn.Module):
+    """V(s): an MLP over the observation."""
+
+    hidden_dims: tuple[int, ...] = (256, 256)
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        x = MLP(self.hidden_dims, activate_final=True)(observations)
         return nn.Dense(1)(x)[..., 0]
 
 
