@@ -1,8 +1,8 @@
 """The online phase: act, store, update at the configured update-to-data ratio, evaluate.
 
-One environment step costs one jitted call: the transition is written into the device ring
-buffer, `utd_ratio` minibatches are drawn on the device (mixed with offline data at the
-sampler's ratio), the agent is updated under `lax.scan`, and the next action is sampled.
+One environment step costs two jitted calls: the transition is written into the device ring
+buffer in place; then `utd_ratio` minibatches are drawn on the device (mixed with offline data
+at the sampler's ratio), the agent is updated under `lax.scan`, and the next action sampled.
 Checkpoints hold the agent, the buffer, every RNG and the counters, so a resumed run
 continues where it stopped and never repeats the random warm-up.
 """
@@ -28,19 +28,24 @@ from o2o.train.evaluate import Evaluator
 from o2o.zoo import save_policy
 
 
-@functools.partial(jax.jit, static_argnames=("update", "utd", "batch_size"), donate_argnums=(0, 1))
-def _env_step(
-    agent, buffer, key, transition, policy_obs, env_step, sampler, *, update, utd, batch_size
-):
-    """Store one transition, optionally run one block of updates, sample the next action."""
-    buffer = buffer.add(transition)
+@functools.partial(jax.jit, donate_argnums=0)
+def _store(buffer, transition):
+    return buffer.add(transition)
+
+
+@functools.partial(jax.jit, static_argnames=("utd", "batch_size"), donate_argnums=0)
+def _update_and_act(agent, buffer, key, policy_obs, env_step, sampler, *, utd, batch_size):
+    """One block of `utd` updates on minibatches drawn on the device, then the next action.
+
+    Storing is a separate call: when one computation both writes the ring buffer and reads
+    minibatches from it, XLA copies the whole buffer every step instead of updating it in
+    place (measured on Ant: 84 ms against 9 ms a step with a 200k-row buffer).
+    """
     key, key_batch, key_act = jax.random.split(key, 3)
-    metrics = {}
-    if update:
-        batch = sampler.sample_minibatches(key_batch, buffer, utd, batch_size, env_step)
-        agent, metrics = agent.update(batch)
+    batch = sampler.sample_minibatches(key_batch, buffer, utd, batch_size, env_step)
+    agent, metrics = agent.update(batch)
     action = agent.sample_actions(policy_obs[None], key_act)[0]
-    return agent, buffer, key, action, metrics
+    return agent, key, action, metrics
 
 
 @jax.jit
@@ -173,24 +178,24 @@ class OnlineLoop:
             self.obs, self.episode_return = self.env.reset()[0].astype(np.float32), 0.0
         else:
             self.obs = next_obs
-        update = progress.env_steps >= cfg.start_steps
-        self.agent, self.buffer, self.key, next_action, metrics = _env_step(
-            self.agent,
-            self.buffer,
-            self.key,
-            transition,
-            self.obs,
-            progress.env_steps,
-            self.sampler,
-            update=update,
-            utd=cfg.utd_ratio,
-            batch_size=cfg.batch_size,
-        )
-        self.next_action = np.asarray(next_action)
-        if update:
-            self.metrics = metrics
+        self.buffer = _store(self.buffer, transition)
+        if progress.env_steps >= cfg.start_steps:
+            self.agent, self.key, next_action, self.metrics = _update_and_act(
+                self.agent,
+                self.buffer,
+                self.key,
+                self.obs,
+                progress.env_steps,
+                self.sampler,
+                utd=cfg.utd_ratio,
+                batch_size=cfg.batch_size,
+            )
+            self.next_action = np.asarray(next_action)
             progress.updates += cfg.utd_ratio
             self.updates_interval += cfg.utd_ratio
+        elif progress.env_steps + 1 >= cfg.start_steps:  # the warm-up ends: act from now on
+            self.key, key_act = jax.random.split(self.key)
+            self.next_action = np.asarray(_act(self.agent, jnp.asarray(self.obs), key_act))
         progress.env_steps += 1
 
     def _evaluate_and_save(self) -> dict[str, Any]:
