@@ -122,7 +122,8 @@ def dataset_command(argv: list[str]) -> None:
         print(path)
     elif args.action == "info":
         rows = [_info_row(spec, args) for spec in args.datasets]
-        print_dataset_table(rows, args.markdown, args.json)
+        command = "o2o dataset " + " ".join(argv)
+        print_dataset_table(rows, args.markdown, args.json, command)
     elif args.action == "from-run":
         config = load_config(args.run)
         task = get_task(config.task)

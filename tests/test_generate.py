@@ -110,7 +110,9 @@ def test_dataset_make_and_info_cli(zoo, capsys):
             str(md),
         ]
     )
-    rows = md.read_text().splitlines()[2:]
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith("Made by `o2o dataset info ")
+    rows = lines[4:]
     assert len(rows) == 2 and all("| 400 |" in row for row in rows)
     assert rows[0].split("|")[2:] == rows[1].split("|")[2:]  # same data, same score
 

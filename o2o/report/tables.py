@@ -66,13 +66,18 @@ def dataset_row(name: str, dataset: Dataset, task: Task | None) -> dict[str, Any
 
 
 def print_dataset_table(
-    rows: Sequence[dict[str, Any]], markdown: Path | None = None, json_path: Path | None = None
+    rows: Sequence[dict[str, Any]],
+    markdown: Path | None = None,
+    json_path: Path | None = None,
+    command: str | None = None,
 ) -> None:
-    """Show dataset rows; optionally also write them as Markdown and JSON."""
+    """Show dataset rows; optionally also write them as Markdown (headed by the `command`
+    that made them) and JSON."""
     print_table(rows, DATASET_COLUMNS)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(markdown_table(rows, DATASET_COLUMNS))
+        header = f"Made by `{command}`.\n\n" if command else ""
+        markdown.write_text(header + markdown_table(rows, DATASET_COLUMNS))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(list(rows), indent=1))
