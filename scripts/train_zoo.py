@@ -6,7 +6,7 @@
 `train` runs plain SAC (the `sac` preset) per task, keeping the policy at every evaluation;
 re-running it resumes. `select` rolls out those snapshots with sampled actions (as datasets
 are collected), and writes to assets/: `TASK-expert.npz` (the best snapshot), `TASK-medium.npz`
-(the snapshot closest to one third of the D4RL expert return, D4RL's medium recipe) and
+(D4RL's medium recipe: early-stopped near one third of the D4RL expert return) and
 `TASK-medium-replay.npz` (the run's snapshots every 10k steps up to the medium one, from which
 `o2o dataset make TASK-medium-replay` re-collects the replay buffer; see o2o/data/generate.py).
 """
@@ -84,9 +84,7 @@ def select_task(task_name: str, seed: int, candidates: int) -> list[dict]:
     snaps = _snapshots(task_name, seed)
     by_eval = sorted(snaps, key=lambda s: -s[1]["eval_return_mean"])
     expert = _best(task, [p for p, _ in by_eval[:candidates]], seed, key=lambda r: -r)
-    target = task.expert_return / 3  # D4RL: medium is about one third of expert
-    near = sorted(snaps, key=lambda s: abs(s[1]["eval_return_mean"] - target))[:candidates]
-    medium = _best(task, [p for p, _ in near], seed, key=lambda r: abs(r - target))
+    medium = _best(task, _medium_candidates(task, snaps, candidates), seed, key=_medium_gap(task))
     chosen = {
         "random": (snaps[0][0], sampled_return(task, snaps[0][0], seed)),
         "medium": medium,
@@ -119,6 +117,24 @@ def select_task(task_name: str, seed: int, candidates: int) -> list[dict]:
         },
     )
     return rows
+
+
+def _medium_gap(task: Task):
+    target = task.expert_return / 3  # D4RL: medium is about one third of expert
+    return lambda r: abs(r - target)
+
+
+def _medium_candidates(task: Task, snaps: list[tuple[Path, dict]], candidates: int) -> list[Path]:
+    """D4RL early-stops the medium run once it reaches about a third of expert return: the
+    first snapshot evaluated at 90% of that or more, and the next ones (the medium-replay
+    buffer is the run up to the chosen one, so later picks would fill it with better data)."""
+    gap = _medium_gap(task)
+    threshold = 0.9 * task.expert_return / 3
+    first = next((i for i, (_, m) in enumerate(snaps) if m["eval_return_mean"] >= threshold), None)
+    if first is None:  # never got there: the snapshots evaluated nearest to it
+        near = sorted(snaps, key=lambda s: gap(s[1]["eval_return_mean"]))
+        return [p for p, _ in near[:candidates]]
+    return [p for p, _ in snaps[first : first + candidates]]
 
 
 def _best(task: Task, paths: list[Path], seed: int, key) -> tuple[Path, dict]:
