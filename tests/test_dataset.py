@@ -129,3 +129,9 @@ def test_native_rejects_broken_file(tmp_path):
     path.write_bytes(b"not a zip archive")
     with pytest.raises(DatasetError, match=r"bad\.npz"):
         load_native(path)
+
+
+def test_next_actions_follow_the_episode_and_stand_in_at_its_end():
+    ds = make([0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1])
+    ds = Dataset.from_arrays(ds.arrays() | {"actions": np.arange(5, dtype=np.float32)[:, None]})
+    np.testing.assert_array_equal(ds.next_actions()[:, 0], [1, 1, 3, 4, 4])

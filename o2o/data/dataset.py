@@ -184,6 +184,13 @@ class Dataset:
             }
         return stats
 
+    def next_actions(self) -> np.ndarray:
+        """The logged action at `next_observations[t]` (ReBRAC's critic penalty): actions[t+1]
+        inside an episode. At an episode's last step it is unknown; actions[t] stands in (at a
+        terminal the penalty is masked anyway; elsewhere it is a small bias on one step)."""
+        following = np.concatenate([self.actions[1:], self.actions[-1:]])
+        return np.where(self.episode_ends[:, None], self.actions, following)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The stored fields as a dict (for saving or moving to the device)."""
         return {name: getattr(self, name) for name in FIELDS}

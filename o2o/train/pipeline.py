@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from o2o.agents import get_agent
@@ -148,7 +149,7 @@ def train(config: TrainConfig) -> Path:
         dataset, _ = load_dataset(config.dataset, act_space.low, act_space.high)
     elif level is not None:
         dataset, _ = make_dataset(config.task, config.dataset_size)
-    offline = None
+    offline = offline_phase_data = None
     if dataset is not None:
         if dataset.observation_dim != obs_space.shape[0]:
             raise ValueError(
@@ -158,6 +159,9 @@ def train(config: TrainConfig) -> Path:
         transitions = dataset.transitions()
         transitions["rewards"] = task.reward_transform(transitions["rewards"])
         offline = ReplayBuffer.from_arrays(transitions)
+        if getattr(config.agent, "critic_bc", 0.0):  # ReBRAC reads the next logged action
+            extra = {"next_actions": jnp.asarray(dataset.next_actions())}
+            offline_phase_data = offline.replace(data=offline.data | extra)
     elif config.offline_steps > 0:
         raise ValueError(
             f"--offline-steps {config.offline_steps} needs offline data: name a dataset with "
@@ -175,7 +179,7 @@ def train(config: TrainConfig) -> Path:
         agent, phases["offline"] = OfflineLoop(
             task,
             agent,
-            offline,
+            offline if offline_phase_data is None else offline_phase_data,
             run_dir,
             config.offline_steps,
             config.seed,
