@@ -28,12 +28,14 @@ from o2o.train.pipeline import (
     train,
 )
 
-USAGE = """usage: o2o COMMAND [FLAGS]
+DEMO_DESCRIPTION = "the main job on its embedded default (a short run; prints the run directory)"
+USAGE = f"""usage: o2o COMMAND [FLAGS]
 
 commands:
-  train   train an agent: o2o train --algo NAME --task TASK --online-steps N --seed S --out DIR
-  demo    the main job on its embedded default (a short run; prints the run directory)
-  dataset make TASK-LEVEL | info PATH|TASK-LEVEL... | convert SRC DST: generated and users' data
+  train   train an agent: o2o train --algo NAME --task TASK[-LEVEL] --offline-steps N
+          --online-steps M --seed S --out DIR
+  demo    {DEMO_DESCRIPTION}
+  dataset make TASK-LEVEL | info PATH|TASK-LEVEL... | convert SRC DST | from-run RUN DST
 
 `o2o COMMAND --help` lists a command's flags."""
 
@@ -65,7 +67,7 @@ def train_command(argv: list[str]) -> Path:
 
 
 def demo_command(argv: list[str]) -> Path:
-    parser = argparse.ArgumentParser(prog="o2o demo", description=USAGE.splitlines()[4].strip())
+    parser = argparse.ArgumentParser(prog="o2o demo", description=DEMO_DESCRIPTION)
     parser.add_argument("--out", type=Path, default=None, help="default: runs/demo-TIMESTAMP")
     parser.add_argument("--online-steps", type=int, default=DEMO_STEPS)
     parser.add_argument("--start-steps", type=int, default=DEMO_START_STEPS)
