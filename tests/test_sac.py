@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from o2o.agents.sac import RLPD, SAC, SAC_DEFAULT, SACConfig
+from o2o.agents.sac import NAIVE, RLPD, SAC, SAC_DEFAULT, SAC_N, SACConfig
 from o2o.checkpoint import load_checkpoint, save_checkpoint
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
@@ -33,13 +33,21 @@ def test_presets_are_the_reference_recipes():
     assert RLPD.critic_layer_norm and RLPD.backup_entropy
     assert (RLPD.offline_ratio, RLPD.start_steps, RLPD.init_temperature) == (0.5, 5000, 1.0)
     assert (SAC_DEFAULT.num_critics, SAC_DEFAULT.utd_ratio, SAC_DEFAULT.offline_ratio) == (2, 1, 0)
+    assert not NAIVE.critic_layer_norm and (NAIVE.offline_ratio, NAIVE.start_steps) == (1.0, 0)
+    assert (SAC_N.num_critics, SAC_N.num_min_critics) == (10, 10)
     agent = SAC.create(RLPD, OBS, ACT, 0)
     assert agent.target_entropy == -1.0  # -|A| / 2
 
 
-@pytest.mark.parametrize("backup_entropy", [False, True])
-def test_target_is_min_over_random_subset_by_hand(backup_entropy):
-    cfg = SACConfig(**TINY, num_critics=5, num_min_critics=2, backup_entropy=backup_entropy)
+@pytest.mark.parametrize(("backup_entropy", "w"), [(False, 1.0), (True, 1.0), (False, 0.75)])
+def test_target_is_min_over_random_subset_by_hand(backup_entropy, w):
+    cfg = SACConfig(
+        **TINY,
+        num_critics=5,
+        num_min_critics=2,
+        backup_entropy=backup_entropy,
+        target_min_weight=w,
+    )
     agent = SAC.create(cfg, OBS, ACT, 0)
     # Make target critics differ from the online ones so a wrong parameter set shows.
     agent = agent.replace(
@@ -53,7 +61,7 @@ def test_target_is_min_over_random_subset_by_hand(backup_entropy):
     next_a, next_logp = agent._policy(agent.actor.params, b["next_observations"], key_pi)
     all_next_q = agent.critic.apply_fn(agent.target_critic_params, b["next_observations"], next_a)
     chosen = jax.random.choice(key_subset, 5, (2,), replace=False)
-    next_v = all_next_q[chosen].min(0)
+    next_v = w * all_next_q[chosen].min(0) + (1 - w) * all_next_q[chosen].max(0)
     if backup_entropy:
         next_v = next_v - agent.temperature * next_logp
     target = b["rewards"] + 0.99 * b["masks"] * next_v

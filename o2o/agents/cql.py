@@ -91,10 +91,11 @@ class CQLConfig(SACConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_min_critics != self.num_critics:
+        if self.num_min_critics != self.num_critics or self.target_min_weight != 1.0:
             raise ValueError(
                 f"num_min_critics={self.num_min_critics} must equal num_critics="
-                f"{self.num_critics}: CQL's target is the min over all target critics"
+                f"{self.num_critics} and target_min_weight={self.target_min_weight} be 1: "
+                "CQL's target is the min over all target critics"
             )
         if self.cql_n_actions < 1 or self.cql_temp <= 0:
             raise ValueError(

@@ -38,6 +38,7 @@ class SACConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
     num_critics: int = 10
     num_min_critics: int = 2  # size of the random subset whose min is the target
+    target_min_weight: float = 1.0  # BCQ's clipped double-Q: w min + (1 - w) max over the subset
     critic_layer_norm: bool = True
     backup_entropy: bool = True
     actor_q: Literal["mean", "min"] = "mean"  # how the actor reduces the ensemble (RLPD: mean)
@@ -61,10 +62,17 @@ class SACConfig:
             )
         if self.utd_ratio < 1 or self.batch_size < 1:
             raise ValueError("utd_ratio and batch_size must be at least 1")
+        if not 0.0 <= self.target_min_weight <= 1.0:
+            raise ValueError(f"target_min_weight={self.target_min_weight} must lie in [0, 1]")
 
 
 RLPD = SACConfig()
 SAC_DEFAULT = dataclasses.replace(RLPD, num_critics=2, utd_ratio=1, offline_ratio=0.0)
+# Offline SAC with nothing against overestimation but the min of 2 critics: the baseline whose
+# Q-values run away on out-of-distribution actions. No LayerNorm (it bounds Q: RLPD, Ball 2023).
+NAIVE = dataclasses.replace(SAC_DEFAULT, critic_layer_norm=False, offline_ratio=1.0, start_steps=0)
+# SAC-N (An et al. 2021): N critics, target = min over all of them; N = 10 for locomotion.
+SAC_N = dataclasses.replace(NAIVE, num_critics=10, num_min_critics=10)
 
 
 def _mean_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -132,7 +140,9 @@ class SAC(flax.struct.PyTreeNode):
         return tanh_gaussian_sample(mean, log_std, key)
 
     def critic_loss(self, critic_params, batch, key: jax.Array):
-        """E[(Q_i(s,a) - (r + gamma m (min_{j in M} Q'_j(s',a') - [alpha log pi(a'|s')])))^2]."""
+        """E[(Q_i(s,a) - (r + gamma m (V'(s') - [alpha log pi(a'|s')])))^2], a' ~ pi(s'), with
+        V' = w min_{j in M} Q'_j(s',a') + (1 - w) max_{j in M} Q'_j(s',a') over a random subset M
+        (w = 1: the clipped double-Q min; BCQ uses w = 0.75)."""
         key_pi, key_subset = jax.random.split(key)
         cfg = self.config
         next_actions, next_log_probs = self._policy(
@@ -141,9 +151,9 @@ class SAC(flax.struct.PyTreeNode):
         target_params = self.target_critic_params
         if cfg.num_min_critics < cfg.num_critics:
             target_params = subset(target_params, key_subset, cfg.num_min_critics)
-        next_q = self.critic.apply_fn(target_params, batch["next_observations"], next_actions).min(
-            0
-        )
+        next_qs = self.critic.apply_fn(target_params, batch["next_observations"], next_actions)
+        w = cfg.target_min_weight
+        next_q = w * next_qs.min(0) + (1.0 - w) * next_qs.max(0)
         if cfg.backup_entropy:
             next_q = next_q - self.temperature * next_log_probs
         target = batch["rewards"] + cfg.discount * batch["masks"] * next_q
@@ -207,3 +217,5 @@ class SAC(flax.struct.PyTreeNode):
 
 register("rlpd", SAC, RLPD, "SAC with the RLPD recipe: 10 LayerNorm critics, UTD 20, 50/50 data")
 register("sac", SAC, SAC_DEFAULT, "soft actor-critic: 2 critics, UTD 1, online data only")
+register("naive", SAC, NAIVE, "offline SAC, no regularisation: the overestimation baseline")
+register("sac-n", SAC, SAC_N, "SAC-N: 10 critics, target = min over all (An et al. 2021)")
