@@ -25,6 +25,7 @@ from o2o.train.pipeline import (
     default_config,
     load_config,
     replay_transitions,
+    run_reward_transform,
     train,
 )
 
@@ -130,7 +131,7 @@ def dataset_command(argv: list[str]) -> None:
         config = load_config(args.run)
         task = get_task(config.task)
         replay = replay_transitions(args.run)
-        replay["rewards"] = task.reward_transform.inverse(replay["rewards"])  # env units
+        replay["rewards"] = run_reward_transform(args.run).inverse(replay["rewards"])  # env units
         dataset = dataset_from_replay(replay, f"replay buffer of {args.run}")
         meta = {"task": task.name, "run": str(args.run), "algo": config.algo}
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)

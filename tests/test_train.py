@@ -10,9 +10,9 @@ import pytest
 from o2o.agents import AGENTS
 from o2o.cli import main
 from o2o.data.dataset import Dataset
-from o2o.data.formats import save_native
+from o2o.data.formats import load_native, save_native
 from o2o.logging import read_metrics
-from o2o.train.pipeline import load_config, train
+from o2o.train.pipeline import load_config, replay_transitions, train
 
 TINY = "--agent.hidden-dims 16 16 --agent.batch-size 16 --eval-episodes 2"
 METRIC_KEYS = (
@@ -222,3 +222,30 @@ def test_every_agent_runs_offline_then_online_from_the_cli(tmp_path, algo):
     phases = [r["phase"] for r in read_metrics(out)]
     assert phases == ["offline"] * 3 + ["online"] * 2
     assert summary(out)["offline_updates"] == 20 and summary(out)["env_steps"] == 10
+
+
+def test_iql_scales_rewards_by_the_dataset_return_range_offline_and_online(tmp_path):
+    # Two episodes (a terminal at row 99) with returns 100 * 0.5 and 100 * 2.5: span 200.
+    n = 200
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(n + 1, 11)).astype(np.float32)  # one continuous stream
+    data = {
+        "observations": states[:-1],
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": np.repeat([0.5, 2.5], 100).astype(np.float32),
+        "next_observations": states[1:],
+        "terminals": np.arange(n) == 99,
+    }
+    path = save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
+    out = tmp_path / "run"
+    run(
+        f"--algo iql --task hopper --dataset {path} --offline-steps 10 --online-steps 10 "
+        f"--eval-interval 10 --out {out}"
+    )
+    scale = json.loads((out / "reward_transform.json").read_text())["scale"]
+    np.testing.assert_allclose(scale, 1000 / 200, rtol=1e-6)
+    seen = replay_transitions(out)["rewards"]  # online rewards, in the agent's units
+    main(["dataset", "from-run", str(out), str(tmp_path / "online.npz")])
+    exported, _ = load_native(tmp_path / "online.npz")
+    np.testing.assert_allclose(seen, scale * exported.rewards, rtol=1e-5)
+    assert np.abs(exported.rewards).max() < 10  # Hopper's own reward scale

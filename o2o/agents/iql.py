@@ -11,8 +11,9 @@ rate 3e-4, gamma 0.99, tau 0.005, expectile 0.7, beta 3.0, batch 256; the actor'
 follows a cosine decay. `IQL_ANTMAZE` is the sparse-reward preset (`antmaze_config.py`:
 expectile 0.9, beta 10.0); its rewards are shifted by -1, which the task registry's reward
 transform applies (`SPARSE_TO_MINUS_ONE`), not this agent. The reference also rescales
-locomotion rewards by 1000 / (max - min dataset episode return); that too belongs to the data
-layer, and beta acts on advantages in whatever reward units the agent is given.
+locomotion rewards by 1000 / (max - min dataset episode return), so that beta = 3 acts on
+advantages of a known scale: `reward_scale_by_return_range` asks the pipeline to do that, to
+offline and online rewards alike (`o2o.train.pipeline.learning_task`).
 
 Choices and deviations:
 - Policy: the reference's Gaussian with a tanh'ed mean and a state-independent log-std
@@ -64,6 +65,7 @@ class IQLConfig:
     utd_ratio: int = 1
     offline_ratio: float = 1.0
     start_steps: int = 0
+    reward_scale_by_return_range: bool = True  # r * 1000 / (max - min dataset episode return)
 
     def __post_init__(self):
         if not 0.0 < self.expectile < 1.0:
@@ -77,7 +79,9 @@ class IQLConfig:
 
 
 IQL_LOCOMOTION = IQLConfig()
-IQL_ANTMAZE = dataclasses.replace(IQL_LOCOMOTION, expectile=0.9, temperature=10.0)
+IQL_ANTMAZE = dataclasses.replace(
+    IQL_LOCOMOTION, expectile=0.9, temperature=10.0, reward_scale_by_return_range=False
+)
 
 
 def actor_learning_rate(config: IQLConfig) -> optax.ScalarOrSchedule:

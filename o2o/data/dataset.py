@@ -140,11 +140,12 @@ class Dataset:
         starts = np.concatenate([[0], stops[:-1]])
         return [slice(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
 
-    def episode_returns(self) -> np.ndarray:
-        """Undiscounted return of each episode."""
+    def episode_returns(self, rewards: np.ndarray | None = None) -> np.ndarray:
+        """Undiscounted return of each episode (of `rewards` if given, e.g. transformed)."""
         ends = self.episode_ends
         episode_id = np.concatenate([[0], np.cumsum(ends[:-1])])
-        return np.bincount(episode_id, weights=self.rewards).astype(np.float32)
+        weights = self.rewards if rewards is None else rewards
+        return np.bincount(episode_id, weights=weights).astype(np.float32)
 
     def truncated_episodes(self) -> np.ndarray:
         """Per episode: True where it ended without a terminal (timeout, break or data end).

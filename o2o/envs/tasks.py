@@ -33,6 +33,10 @@ class RewardTransform:
     def __call__(self, rewards):
         return rewards * self.scale + self.shift
 
+    def scaled(self, factor: float) -> RewardTransform:
+        """This transform followed by multiplication by `factor`."""
+        return RewardTransform(self.scale * factor, self.shift * factor)
+
     def inverse(self, rewards):
         """Back to the environment's units (e.g. to export a run's replay buffer)."""
         if self.scale == 0.0:

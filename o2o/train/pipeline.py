@@ -19,9 +19,10 @@ import numpy as np
 from o2o.agents import get_agent
 from o2o.checkpoint import load_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
+from o2o.data.dataset import Dataset
 from o2o.data.formats import load_dataset
 from o2o.data.generate import make_dataset
-from o2o.envs.tasks import DEFAULT_TASK, get_task, parse_task
+from o2o.envs.tasks import DEFAULT_TASK, RewardTransform, Task, get_task, parse_task
 from o2o.logging import console
 from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
@@ -156,6 +157,9 @@ def train(config: TrainConfig) -> Path:
                 f"{dataset.source}: observations have dim {dataset.observation_dim} but task "
                 f"'{task.name}' has {obs_space.shape[0]}; pick the matching --task"
             )
+        task = learning_task(task, dataset, config.agent)
+        transform = dataclasses.asdict(task.reward_transform)
+        (run_dir / REWARD_TRANSFORM_FILE).write_text(json.dumps(transform))
         transitions = dataset.transitions()
         transitions["rewards"] = task.reward_transform(transitions["rewards"])
         offline = ReplayBuffer.from_arrays(transitions)
@@ -202,6 +206,34 @@ def train(config: TrainConfig) -> Path:
         ).run()
     _write_summary(run_dir, config, phases)
     return run_dir
+
+
+REWARD_TRANSFORM_FILE = "reward_transform.json"  # the rewards' units, when not the registry's
+
+
+def run_reward_transform(run_dir: Path) -> RewardTransform:
+    """The reward transform a run learned under (its rewards' units, to convert back)."""
+    path = Path(run_dir) / REWARD_TRANSFORM_FILE
+    if path.exists():
+        return RewardTransform(**json.loads(path.read_text()))
+    return get_task(load_config(run_dir).task).reward_transform
+
+
+def learning_task(task: Task, dataset: Dataset, agent_config: Any) -> Task:
+    """The task whose reward transform the agent learns under: the registry's, then, for
+    agents that ask (`reward_scale_by_return_range`, IQL's locomotion recipe), scaled so the
+    dataset's episode returns span 1000. Online rewards and Q-bias use the same transform."""
+    if not getattr(agent_config, "reward_scale_by_return_range", False):
+        return task
+    returns = dataset.episode_returns(task.reward_transform(dataset.rewards))
+    span = float(returns.max() - returns.min())
+    if span <= 0:
+        raise ValueError(
+            f"{dataset.source}: every episode has the same return, so rewards cannot be scaled "
+            "by the return range; set --agent.reward-scale-by-return-range False"
+        )
+    console.print(f"rewards scaled by 1000 / {span:.1f} (episode return range of the dataset)")
+    return dataclasses.replace(task, reward_transform=task.reward_transform.scaled(1000 / span))
 
 
 def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
