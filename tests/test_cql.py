@@ -8,8 +8,9 @@ import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from agent_helpers import np_, sgd
+from agent_helpers import random_batch as batch
 
 import o2o.agents.cql  # noqa: F401  (registers cql)
 from o2o.agents.base import get_agent
@@ -41,26 +42,6 @@ actor_grad = jax.jit(
 policy_sample = jax.jit(
     lambda agent, o, key: tanh_gaussian_sample(*agent.actor.apply_fn(agent.actor.params, o), key)
 )
-
-
-def np_(x):
-    return np.asarray(x, np.float64)
-
-
-def batch(seed, n=8, utd=None):
-    """A random batch in numpy (eager JAX ops would compile once per new shape)."""
-    rng = np.random.default_rng(seed)
-    shape = (n,) if utd is None else (utd, n)
-    masks = np.ones(shape)
-    masks[..., 0] = 0.0
-    b = {
-        "observations": rng.normal(size=(*shape, 3)),
-        "actions": rng.uniform(-1, 1, (*shape, 2)),
-        "rewards": rng.normal(size=shape),
-        "next_observations": rng.normal(size=(*shape, 3)),
-        "masks": masks,
-    }
-    return {k: v.astype(np.float32) for k, v in b.items()}
 
 
 def hand_critic_loss(agent, b, key):
@@ -125,12 +106,6 @@ def _moved_targets(agent):
     )
 
 
-def _sgd(state):
-    """The same state under plain SGD at rate 1, so a step is exactly minus the gradient."""
-    tx = optax.sgd(1.0)
-    return state.replace(tx=tx, opt_state=tx.init(state.params))
-
-
 @pytest.fixture(scope="module")
 def variant_agent_and_batch():
     """The variant agent with clip bounds at the 25th and 75th percentile of the raw
@@ -142,7 +117,7 @@ def variant_agent_and_batch():
     low, high = np.percentile(hand_critic_loss(agent, b, key)["raw_diff"], [25, 75])
     config = dataclasses.replace(VARIANT, cql_clip_diff_min=low, cql_clip_diff_max=high)
     agent = agent.replace(
-        actor=_sgd(agent.actor), log_alpha_prime=_sgd(agent.log_alpha_prime), config=config
+        actor=sgd(agent.actor), log_alpha_prime=sgd(agent.log_alpha_prime), config=config
     )
     return agent, b
 

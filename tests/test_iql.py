@@ -2,41 +2,21 @@
 UTD scanning, the registry."""
 
 import dataclasses
+import functools
 
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from agent_helpers import np_, random_batch, sgd
 
 from o2o.agents.iql import IQL, IQL_ANTMAZE, IQL_LOCOMOTION, IQLConfig, actor_learning_rate
 
+batch = functools.partial(random_batch, boundary_actions=True)
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 TINY = dict(hidden_dims=(16, 16), batch_size=8)
-
-
-def batch(seed, n=8, utd=None):
-    """A random batch in numpy (eager JAX ops would compile once per new shape)."""
-    rng = np.random.default_rng(seed)
-    shape = (n,) if utd is None else (utd, n)
-    actions = rng.uniform(-1, 1, (*shape, 2))
-    actions[..., 0, :], actions[..., 1, :] = 1.0, -1.0  # the likelihood must be finite here
-    masks = np.ones(shape)
-    masks[..., 0] = 0.0
-    b = {
-        "observations": rng.normal(size=(*shape, 3)),
-        "actions": actions,
-        "rewards": rng.normal(size=shape),
-        "next_observations": rng.normal(size=(*shape, 3)),
-        "masks": masks,
-    }
-    return {k: v.astype(np.float32) for k, v in b.items()}
-
-
-def np_(x):
-    return np.asarray(x, np.float64)
 
 
 @pytest.fixture
@@ -130,19 +110,11 @@ def test_actor_loss_by_hand(agent_and_batch):
     assert np.isfinite(float(loss))
 
 
-def _sgd(state):
-    """The same state under plain SGD at rate 1, so a step is exactly minus the gradient."""
-    tx = optax.sgd(1.0)
-    return state.replace(tx=tx, opt_state=tx.init(state.params))
-
-
 def test_update_order_is_the_reference(agent_and_batch):
     """Per minibatch: V first; the actor and the critic both use the new V (and the old
     target critics); the target critics then move towards the new critics."""
     agent, b = agent_and_batch
-    agent = agent.replace(
-        actor=_sgd(agent.actor), critic=_sgd(agent.critic), value=_sgd(agent.value)
-    )
+    agent = agent.replace(actor=sgd(agent.actor), critic=sgd(agent.critic), value=sgd(agent.value))
     new, _ = agent.update_step(b)
     new_v = agent.replace(value=new.value)
     steps = [

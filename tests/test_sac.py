@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from o2o.agents.sac import NAIVE, RLPD, SAC, SAC_DEFAULT, SAC_N, SACConfig
+from o2o.agents.sac import EDAC, NAIVE, RLPD, SAC, SAC_DEFAULT, SAC_N, SACConfig
 from o2o.checkpoint import load_checkpoint, save_checkpoint
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
@@ -34,7 +34,10 @@ def test_presets_are_the_reference_recipes():
     assert (RLPD.offline_ratio, RLPD.start_steps, RLPD.init_temperature) == (0.5, 5000, 1.0)
     assert (SAC_DEFAULT.num_critics, SAC_DEFAULT.utd_ratio, SAC_DEFAULT.offline_ratio) == (2, 1, 0)
     assert not NAIVE.critic_layer_norm and (NAIVE.offline_ratio, NAIVE.start_steps) == (1.0, 0)
-    assert (SAC_N.num_critics, SAC_N.num_min_critics) == (10, 10)
+    assert (SAC_N.num_critics, SAC_N.num_min_critics, SAC_N.actor_q) == (10, 10, "min")
+    assert SAC_N.hidden_dims == (256, 256, 256) and SAC_N.diversity_weight == 0.0
+    assert dataclasses.replace(EDAC, diversity_weight=0.0) == SAC_N and EDAC.diversity_weight == 1
+    assert SAC.create(dataclasses.replace(SAC_N, **TINY), OBS, ACT, 0).target_entropy == -2.0
     agent = SAC.create(RLPD, OBS, ACT, 0)
     assert agent.target_entropy == -1.0  # -|A| / 2
 
@@ -157,3 +160,51 @@ def test_deterministic_under_seed_and_checkpoint_round_trip(tmp_path):
 def test_config_rejects_subset_larger_than_ensemble():
     with pytest.raises(ValueError, match="num_min_critics"):
         SACConfig(num_critics=2, num_min_critics=3)
+
+
+def test_edac_diversity_term_by_hand():
+    """EDAC: sum over pairs i != j of the cosine of grad_a Q_i and grad_a Q_j, averaged over the
+    batch and divided by N - 1; added to the critic loss with weight eta / N."""
+    n, eta = 3, 0.7
+    cfg = dataclasses.replace(EDAC, **TINY, num_critics=n, num_min_critics=n, diversity_weight=eta)
+    agent = SAC.create(cfg, OBS, ACT, 0)
+    b = batch(jax.random.key(5))
+    obs, actions = b["observations"], b["actions"]
+    per_member = []
+    for i in range(n):
+        member = jax.tree.map(lambda p, i=i: p[i], agent.critic.params)
+        q_i = lambda a, m=member: agent.critic.apply_fn.module.apply(m, obs, a).sum()  # noqa: E731
+        per_member.append(np.asarray(jax.grad(q_i)(actions), np.float64))
+    g = np.stack(per_member)
+    g = g / (np.linalg.norm(g, axis=-1, keepdims=True) + 1e-10)
+    expected = sum(np.sum(g[i] * g[j], -1) for i in range(n) for j in range(n) if i != j).mean() / (
+        n - 1
+    )
+    diversity = agent.gradient_diversity(agent.critic.params, b)
+    np.testing.assert_allclose(diversity, expected, rtol=1e-4)
+
+    key = jax.random.key(1)
+    loss, info = agent.critic_loss(agent.critic.params, b, key)
+    plain = agent.replace(config=dataclasses.replace(cfg, diversity_weight=0.0))
+    plain_loss, _ = plain.critic_loss(agent.critic.params, b, key)
+    np.testing.assert_allclose(loss, plain_loss + eta / n * expected, rtol=1e-4)
+    assert float(info["diversity"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_edac_training_lowers_the_gradient_alignment():
+    """Minimising the term alone (eta large, TD loss near-constant on a fixed batch) must make
+    the critics' action-gradients less aligned than at initialisation."""
+    cfg = dataclasses.replace(EDAC, **TINY, num_critics=4, num_min_critics=4, diversity_weight=50.0)
+    agent = SAC.create(cfg, OBS, ACT, 0)
+    b = batch(jax.random.key(6))
+    before = float(agent.gradient_diversity(agent.critic.params, b))
+    update = jax.jit(SAC.update_critic)
+    for _ in range(100):
+        agent, _ = update(agent, b)
+    after = float(agent.gradient_diversity(agent.critic.params, b))
+    assert after < before - 0.3, (before, after)
+
+
+def test_config_rejects_a_diversity_term_without_an_ensemble():
+    with pytest.raises(ValueError, match="diversity_weight"):
+        SACConfig(num_critics=1, num_min_critics=1, diversity_weight=1.0)

@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from agent_helpers import random_batch
 
 from o2o.agents.td3bc import REBRAC, TD3BC, TD3BC_DEFAULT
 
+batch = functools.partial(random_batch, next_actions=True, terminals=2)
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 # ReBRAC with larger penalties than its defaults, so that a wrong penalty shows in the losses.
@@ -20,23 +22,6 @@ PRESETS = {
     "td3bc": dataclasses.replace(TD3BC_DEFAULT, hidden_dims=(16, 16)),
     "rebrac": dataclasses.replace(REBRAC, hidden_dims=(16, 16), actor_bc=0.7, critic_bc=0.3),
 }
-
-
-def batch(seed: int, n: int = 8, utd: int | None = None) -> dict[str, np.ndarray]:
-    """A random batch in numpy, with terminal rows (mask 0) and dataset next actions."""
-    rng = np.random.default_rng(seed)
-    shape = (n,) if utd is None else (utd, n)
-    masks = np.ones(shape)
-    masks[..., :2] = 0.0
-    b = {
-        "observations": rng.normal(size=(*shape, 3)),
-        "actions": rng.uniform(-1, 1, (*shape, 2)),
-        "rewards": rng.normal(size=shape),
-        "next_observations": rng.normal(size=(*shape, 3)),
-        "next_actions": rng.uniform(-1, 1, (*shape, 2)),
-        "masks": masks,
-    }
-    return {k: v.astype(np.float32) for k, v in b.items()}
 
 
 def np_mlp(p: dict, x: np.ndarray, activate_final: bool) -> np.ndarray:

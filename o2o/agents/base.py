@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import jax
+import jax.numpy as jnp
 
 
 class AgentConfig(Protocol):
@@ -45,6 +46,13 @@ class Agent(Protocol):
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array: ...
 
     def on_switch(self, config: Any = None) -> Agent: ...
+
+
+def scan_update_steps(agent: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+    """`agent.update_step` once per minibatch on the batch's leading axis, in `jax.lax.scan`;
+    the metrics averaged over the minibatches."""
+    agent, info = jax.lax.scan(lambda a, b: a.update_step(b), agent, batch)
+    return agent, jax.tree.map(jnp.mean, info)
 
 
 @dataclasses.dataclass(frozen=True)

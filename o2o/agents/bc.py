@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register
+from o2o.agents.base import register, scan_update_steps
 from o2o.nets.mlp import MLP
 from o2o.nets.policies import TanhGaussian, tanh_gaussian_log_prob, tanh_gaussian_sample
 
@@ -112,8 +112,7 @@ class BC(flax.struct.PyTreeNode):
 
     def update(self, batch: dict[str, jax.Array]) -> tuple[BC, dict[str, jax.Array]]:
         """One step per minibatch on the leading axis (scanned); metrics averaged over them."""
-        agent, info = jax.lax.scan(lambda a, b: a.update_step(b), self, batch)
-        return agent, {k: v.mean() for k, v in info.items()}
+        return scan_update_steps(self, batch)
 
     def sample_actions(
         self, observations: jax.Array, key: jax.Array, deterministic: bool = False

@@ -56,7 +56,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register
+from o2o.agents.base import register, scan_update_steps
 from o2o.agents.sac import SAC, SACConfig
 
 MAX_ALPHA_PRIME = 1e6  # the reference's clip of exp(log alpha')
@@ -262,8 +262,7 @@ class CQL(SAC):
 
     def update(self, batch: dict[str, jax.Array]) -> tuple[CQL, dict[str, jax.Array]]:
         """One joint step per minibatch on the leading axis (scanned); metrics averaged."""
-        agent, info = jax.lax.scan(lambda a, b: a.update_step(b), self, batch)
-        return agent, jax.tree.map(jnp.mean, info)
+        return scan_update_steps(self, batch)
 
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         """Min over the critics: the estimate the actor maximises."""

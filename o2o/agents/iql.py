@@ -31,7 +31,6 @@ Choices and deviations:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
@@ -41,9 +40,9 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register
-from o2o.nets.ensemble import StateActionValue, StateValue, apply_ensemble, init_ensemble
-from o2o.nets.policies import TanhMeanGaussian, gaussian_log_prob
+from o2o.agents.base import register, scan_update_steps
+from o2o.nets.ensemble import StateActionValue, StateValue, ensemble_state
+from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +127,8 @@ class IQL(flax.struct.PyTreeNode):
             tx=optax.adam(actor_learning_rate(config)),
         )
         critic_def = StateActionValue(config.hidden_dims)
-        critic_params = init_ensemble(critic_def, key_critic, config.num_critics, obs, act)
-        critic = TrainState.create(
-            apply_fn=functools.partial(apply_ensemble, critic_def),
-            params=critic_params,
-            tx=optax.adam(config.critic_lr),
+        critic = ensemble_state(
+            critic_def, key_critic, config.num_critics, optax.adam(config.critic_lr), obs, act
         )
         value_def = StateValue(config.hidden_dims)
         value = TrainState.create(
@@ -143,7 +139,7 @@ class IQL(flax.struct.PyTreeNode):
         return cls(
             actor=actor,
             critic=critic,
-            target_critic_params=jax.tree.map(jnp.copy, critic_params),
+            target_critic_params=jax.tree.map(jnp.copy, critic.params),
             value=value,
             config=config,
         )
@@ -196,17 +192,13 @@ class IQL(flax.struct.PyTreeNode):
 
     def update(self, batch) -> tuple[IQL, dict[str, jax.Array]]:
         """One IQL step per minibatch on the leading axis (scanned); metrics averaged."""
-        agent, info = jax.lax.scan(lambda a, b: a.update_step(b), self, batch)
-        return agent, jax.tree.map(jnp.mean, info)
+        return scan_update_steps(self, batch)
 
     def sample_actions(
         self, observations: jax.Array, key: jax.Array, deterministic: bool = False
     ) -> jax.Array:
         mean, log_std = self.actor.apply_fn(self.actor.params, observations)
-        if deterministic:
-            return mean
-        noise = jax.random.normal(key, mean.shape)
-        return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
+        return clipped_gaussian_sample(mean, log_std, key, deterministic)
 
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         """Min over the critics: the estimate V and the AWR weights are built from."""

@@ -41,7 +41,6 @@ metrics are defined on every step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Literal
 
 import flax.struct
@@ -52,7 +51,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from o2o.agents.base import register
-from o2o.nets.ensemble import StateActionValue, apply_ensemble, init_ensemble
+from o2o.nets.ensemble import StateActionValue, ensemble_state
 from o2o.nets.mlp import MLP
 
 
@@ -137,17 +136,12 @@ class TD3BC(flax.struct.PyTreeNode):
             apply_fn=actor_def.apply, params=actor_params, tx=optax.adam(config.actor_lr)
         )
         critic_def = StateActionValue(config.hidden_dims, config.critic_layer_norm)
-        critic_params = init_ensemble(critic_def, key_critic, 2, obs, act)
-        critic = TrainState.create(
-            apply_fn=functools.partial(apply_ensemble, critic_def),
-            params=critic_params,
-            tx=optax.adam(config.critic_lr),
-        )
+        critic = ensemble_state(critic_def, key_critic, 2, optax.adam(config.critic_lr), obs, act)
         return cls(
             actor=actor,
             critic=critic,
             target_actor_params=jax.tree.map(jnp.copy, actor_params),
-            target_critic_params=jax.tree.map(jnp.copy, critic_params),
+            target_critic_params=jax.tree.map(jnp.copy, critic.params),
             rng=rng,
             config=config,
         )

@@ -7,9 +7,13 @@ only a random subset of members, as RLPD/REDQ do, without a second module defini
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
+from flax.training.train_state import TrainState
 
 from o2o.nets.mlp import MLP
 
@@ -46,6 +50,38 @@ def init_ensemble(module: nn.Module, key: jax.Array, num: int, *inputs: jax.Arra
 def apply_ensemble(module: nn.Module, params, *inputs: jax.Array) -> jax.Array:
     """Outputs of every member, stacked: shape [members, ...]."""
     return jax.vmap(lambda p: module.apply(p, *inputs))(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleApply:
+    """An ensemble TrainState's `apply_fn`: every member on the same inputs, or (`per_member`)
+    member i on inputs[i]. Compares equal for equal modules, so agents built alike share one
+    compiled update."""
+
+    module: nn.Module
+
+    def __call__(self, params, *inputs: jax.Array) -> jax.Array:
+        return apply_ensemble(self.module, params, *inputs)
+
+    def per_member(self, params, *inputs: jax.Array) -> jax.Array:
+        """Member i applied to inputs[i]; inputs carry a leading member axis."""
+        return jax.vmap(self.module.apply)(params, *inputs)
+
+
+def ensemble_state(
+    module: nn.Module,
+    key: jax.Array,
+    num: int,
+    tx: optax.GradientTransformation,
+    *inputs: jax.Array,
+) -> TrainState:
+    """A TrainState over `num` stacked copies of `module`, whose `apply_fn(params, *inputs)`
+    returns every member's output, shape [members, ...]."""
+    return TrainState.create(
+        apply_fn=EnsembleApply(module),
+        params=init_ensemble(module, key, num, *inputs),
+        tx=tx,
+    )
 
 
 def subset(params, key: jax.Array, size: int):

@@ -82,3 +82,14 @@ class TanhMeanGaussian(nn.Module):
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return mean, jnp.broadcast_to(log_std, mean.shape)
+
+
+def clipped_gaussian_sample(
+    mean: jax.Array, log_std: jax.Array, key: jax.Array, deterministic: bool = False
+) -> jax.Array:
+    """a ~ N(mean, exp(log_std)^2) clipped to [-1, 1] (IQL's and AWAC's acting); the mean if
+    deterministic."""
+    if deterministic:
+        return mean
+    noise = jax.random.normal(key, mean.shape)
+    return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
