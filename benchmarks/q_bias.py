@@ -6,7 +6,7 @@ sits below it, IQL stays near it. Writes benchmarks/results/q_bias_DATASET.{json
 Each agent trains offline with its reference recipe (`o2o train --offline-steps N
 --online-steps 0`) and is evaluated every `--eval-interval` updates; `q_bias` there is the
 agent's mean Q(s, a) minus the discounted return that followed, on its own evaluation
-rollouts. Re-running resumes the runs in runs/q_bias/.
+rollouts. Re-running with the same arguments reuses the runs in runs/q_bias/.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def run(algo: str, args: argparse.Namespace) -> list[dict]:
         seed=args.seed,
         eval_interval=args.eval_interval,
         eval_episodes=args.eval_episodes,
-        out=Path("runs") / "q_bias" / f"{args.task}-{algo}-seed{args.seed}",
+        out=Path("runs") / "q_bias" / f"{args.task}-{algo}-{args.steps}-seed{args.seed}",
     )
     run_dir = train(config)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -230,7 +230,7 @@ def learning_task(task: Task, dataset: Dataset, agent_config: Any) -> Task:
     if span <= 0:
         raise ValueError(
             f"{dataset.source}: every episode has the same return, so rewards cannot be scaled "
-            "by the return range; set --agent.reward-scale-by-return-range False"
+            "by the return range; pass --agent.no-reward-scale-by-return-range"
         )
     console.print(f"rewards scaled by 1000 / {span:.1f} (episode return range of the dataset)")
     return dataclasses.replace(task, reward_transform=task.reward_transform.scaled(1000 / span))
