@@ -6,7 +6,8 @@ sits below it, IQL stays near it. Writes benchmarks/results/q_bias_DATASET.{json
 Each agent trains offline with its reference recipe (`o2o train --offline-steps N
 --online-steps 0`) and is evaluated every `--eval-interval` updates; `q_bias` there is the
 agent's mean Q(s, a) minus the discounted return that followed, on its own evaluation
-rollouts. Re-running with the same arguments reuses the runs in runs/q_bias/.
+rollouts, in the environment's reward units. Re-running with the same arguments reuses the
+runs in runs/q_bias/.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from o2o.report.tables import markdown_table
-from o2o.train.pipeline import default_config, train
+from o2o.train.pipeline import default_config, run_reward_transform, train
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def run(algo: str, args: argparse.Namespace) -> list[dict]:
-    """The evaluation records of one offline run (trained first if missing or shorter)."""
+    """The evaluation records of one offline run (trained first if missing), with Q in the
+    environment's reward units (IQL learns from rescaled rewards)."""
     config = default_config(
         algo,
         task=args.task,
@@ -37,8 +39,15 @@ def run(algo: str, args: argparse.Namespace) -> list[dict]:
         out=Path("runs") / "q_bias" / f"{args.task}-{algo}-{args.steps}-seed{args.seed}",
     )
     run_dir = train(config)
+    transform = run_reward_transform(run_dir)
+    if transform.shift != 0.0:
+        raise SystemExit(f"{run_dir}: rewards are shifted, so Q cannot be put in reward units")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "q_bias" in r]
+    records = [r for r in map(json.loads, lines) if "q_bias" in r]
+    for r in records:
+        for key in ("q_pred_mean", "q_mc_mean", "q_bias"):
+            r[key] /= transform.scale
+    return records
 
 
 def main() -> None:
