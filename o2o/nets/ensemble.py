@@ -55,8 +55,8 @@ def apply_ensemble(module: nn.Module, params, *inputs: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class EnsembleApply:
     """An ensemble TrainState's `apply_fn`: every member on the same inputs, or (`per_member`)
-    member i on inputs[i]. Compares equal for equal modules, so agents built alike share one
-    compiled update."""
+    member i on inputs[i]. Compares equal for equal modules (unlike a `functools.partial`); the
+    optimisers' closures still make two agents' TrainStates unequal."""
 
     module: nn.Module
 

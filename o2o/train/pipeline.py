@@ -27,6 +27,8 @@ from o2o.logging import console
 from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
 
+REWARD_TRANSFORM_FILE = "reward_transform.json"  # the rewards' units, when not the registry's
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -208,9 +210,6 @@ def train(config: TrainConfig) -> Path:
     return run_dir
 
 
-REWARD_TRANSFORM_FILE = "reward_transform.json"  # the rewards' units, when not the registry's
-
-
 def run_reward_transform(run_dir: Path) -> RewardTransform:
     """The reward transform a run learned under (its rewards' units, to convert back)."""
     path = Path(run_dir) / REWARD_TRANSFORM_FILE
@@ -238,7 +237,7 @@ def learning_task(task: Task, dataset: Dataset, agent_config: Any) -> Task:
 
 def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
     """The online replay buffer of a run's latest checkpoint, in insertion order (rewards as
-    the agent saw them, after the task's reward transform)."""
+    the agent saw them, after the run's reward transform: `run_reward_transform`)."""
     config = load_config(run_dir)
     spec = get_agent(config.algo)
     env = get_task(config.task).make_env()
