@@ -6,7 +6,8 @@ sits below it, IQL stays near it. Writes benchmarks/results/q_bias_DATASET.{json
 Each agent trains offline with its reference recipe (`o2o train --offline-steps N
 --online-steps 0`) and is evaluated every `--eval-interval` updates; `q_bias` there is the
 agent's mean Q(s, a) minus the discounted return that followed, on its own evaluation
-rollouts, in the environment's reward units. Re-running with the same arguments reuses the
+rollouts, and `holdout_q_bias` the same on dataset episodes kept out of training (the logged
+actions), both in the environment's reward units. Re-running with the same arguments reuses the
 runs in runs/q_bias/.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from o2o.report.tables import markdown_table
-from o2o.train.pipeline import default_config, run_reward_transform, train
+from o2o.train.pipeline import default_config, run_task, train
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -39,15 +40,19 @@ def run(algo: str, args: argparse.Namespace) -> list[dict]:
         out=Path("runs") / "q_bias" / f"{args.task}-{algo}-{args.steps}-seed{args.seed}",
     )
     run_dir = train(config)
-    transform = run_reward_transform(run_dir)
+    transform = run_task(run_dir).reward_transform
     if transform.shift != 0.0:
         raise SystemExit(f"{run_dir}: rewards are shifted, so Q cannot be put in reward units")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     records = [r for r in map(json.loads, lines) if "q_bias" in r]
     for r in records:
-        for key in ("q_pred_mean", "q_mc_mean", "q_bias"):
-            r[key] /= transform.scale
+        for key in BIAS_KEYS:
+            if key in r:
+                r[key] /= transform.scale
     return records
+
+
+BIAS_KEYS = tuple(p + k for p in ("", "holdout_") for k in ("q_pred_mean", "q_mc_mean", "q_bias"))
 
 
 def main() -> None:
@@ -70,20 +75,23 @@ def main() -> None:
     stem = RESULTS / f"q_bias_{args.task}"
     stem.with_suffix(".json").write_text(json.dumps({"command": command, "runs": curves}, indent=1))
 
-    fig, (ax_bias, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_bias, ax_held, ax_score) = plt.subplots(1, 3, figsize=(14, 3.8))
     for algo, records in curves.items():
         steps = [r["step"] for r in records]
         ax_bias.plot(steps, [r["q_bias"] for r in records], marker="o", ms=3, label=algo)
+        held = [r.get("holdout_q_bias", float("nan")) for r in records]
+        ax_held.plot(steps, held, marker="o", ms=3)
         ax_score.plot(steps, [r["normalized_score"] for r in records], marker="o", ms=3)
-    ax_bias.axhline(0.0, color="black", lw=0.8)
-    ax_bias.set(xlabel="offline updates", ylabel="Q(s,a) - MC return", title="Q bias")
+    for ax, where in ((ax_bias, "evaluation rollouts"), (ax_held, "held-out dataset episodes")):
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set(xlabel="offline updates", ylabel="Q(s,a) - MC return", title=f"Q bias: {where}")
     ax_score.set(xlabel="offline updates", ylabel="normalised score", title=args.task)
     ax_bias.legend()
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=110)
 
     rows = [
-        {"algo": algo, **{k: r.get(k) for k in ("step", "q_pred_mean", "q_mc_mean", "q_bias")}}
+        {"algo": algo, "step": r["step"], **{k: r.get(k) for k in BIAS_KEYS}}
         | {"score": r["normalized_score"]}
         for algo, records in curves.items()
         for r in records
@@ -94,6 +102,9 @@ def main() -> None:
         "q_pred_mean": "Q predicted",
         "q_mc_mean": "MC return",
         "q_bias": "bias",
+        "holdout_q_pred_mean": "held-out Q",
+        "holdout_q_mc_mean": "held-out MC",
+        "holdout_q_bias": "held-out bias",
         "score": "normalised score",
     }
     title = f"# Q bias on {args.task} ({args.size} transitions), seed {args.seed}"

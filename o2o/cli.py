@@ -25,7 +25,7 @@ from o2o.train.pipeline import (
     default_config,
     load_config,
     replay_transitions,
-    run_reward_transform,
+    run_task,
     train,
 )
 
@@ -131,7 +131,11 @@ def dataset_command(argv: list[str]) -> None:
         config = load_config(args.run)
         task = get_task(config.task)
         replay = replay_transitions(args.run)
-        replay["rewards"] = run_reward_transform(args.run).inverse(replay["rewards"])  # env units
+        seen = run_task(args.run)  # back to the environment's units
+        replay["rewards"] = seen.reward_transform.inverse(replay["rewards"])
+        if seen.observation_normalizer is not None:
+            for key in ("observations", "next_observations"):
+                replay[key] = seen.observation_normalizer.inverse(replay[key])
         dataset = dataset_from_replay(replay, f"replay buffer of {args.run}")
         meta = {"task": task.name, "run": str(args.run), "algo": config.algo}
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)

@@ -135,3 +135,16 @@ def test_next_actions_follow_the_episode_and_stand_in_at_its_end():
     ds = make([0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1])
     ds = Dataset.from_arrays(ds.arrays() | {"actions": np.arange(5, dtype=np.float32)[:, None]})
     np.testing.assert_array_equal(ds.next_actions()[:, 0], [1, 1, 3, 4, 4])
+
+
+def test_hold_out_takes_whole_evenly_spaced_episodes():
+    # 10 episodes of 3 steps, each ending in a terminal; the reward is the episode's index.
+    episode = np.repeat(np.arange(10), 3)
+    ds = make(episode, np.tile([0, 0, 1], 10), np.zeros(30))
+    rest, held = ds.hold_out(3)  # episodes 0, round(4.5) = 4 and 9
+    np.testing.assert_array_equal(held.rewards, np.repeat([0, 4, 9], 3))
+    np.testing.assert_array_equal(rest.rewards, np.repeat([1, 2, 3, 5, 6, 7, 8], 3))
+    assert len(held.episodes()) == 3 and len(rest.episodes()) == 7
+    assert ds.hold_out(0)[1].rewards.size == 0
+    with pytest.raises(ValueError, match="cannot hold out 10 of its 10 episodes"):
+        ds.hold_out(10)

@@ -242,10 +242,48 @@ def test_iql_scales_rewards_by_the_dataset_return_range_offline_and_online(tmp_p
         f"--algo iql --task hopper --dataset {path} --offline-steps 10 --online-steps 10 "
         f"--eval-interval 10 --out {out}"
     )
-    scale = json.loads((out / "reward_transform.json").read_text())["scale"]
+    scale = json.loads((out / "transforms.json").read_text())["reward_transform"]["scale"]
     np.testing.assert_allclose(scale, 1000 / 200, rtol=1e-6)
     seen = replay_transitions(out)["rewards"]  # online rewards, in the agent's units
     main(["dataset", "from-run", str(out), str(tmp_path / "online.npz")])
     exported, _ = load_native(tmp_path / "online.npz")
     np.testing.assert_allclose(seen, scale * exported.rewards, rtol=1e-5)
     assert np.abs(exported.rewards).max() < 10  # Hopper's own reward scale
+
+
+def test_observation_normalisation_and_held_out_q_bias(tmp_path):
+    # 30 terminating episodes of 20 steps, states far from zero mean and unit scale.
+    episodes, length, gamma = 30, 20, 0.99
+    rng = np.random.default_rng(0)
+    states = rng.normal(5.0, 3.0, (episodes, length + 1, 11)).astype(np.float32)
+    data = {
+        "observations": states[:, :-1].reshape(-1, 11),
+        "actions": rng.uniform(-1, 1, (episodes * length, 3)).astype(np.float32),
+        "rewards": np.ones(episodes * length, np.float32),
+        "next_observations": states[:, 1:].reshape(-1, 11),
+        "terminals": np.tile(np.arange(length) == length - 1, episodes),
+    }
+    path = save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
+    out = tmp_path / "run"
+    run(
+        f"--algo td3bc --task hopper --dataset {path} --offline-steps 10 --online-steps 10 "
+        f"--eval-interval 10 --holdout-episodes 3 --out {out}"
+    )
+    saved = json.loads((out / "transforms.json").read_text())["observation_normalizer"]
+    trained_on = np.delete(states[:, :-1], [0, 14, 29], axis=0).reshape(-1, 11)  # 3 held out
+    np.testing.assert_allclose(saved["mean"], trained_on.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(saved["std"], trained_on.std(0) + 1e-3, rtol=1e-5)
+
+    # Held-out Q-bias: Q of the logged actions against their discounted return-to-go.
+    to_go = (1 - gamma ** np.arange(length, 0, -1)) / (1 - gamma)
+    for record in read_metrics(out):
+        np.testing.assert_allclose(record["holdout_q_mc_mean"], to_go.mean(), rtol=1e-5)
+        assert np.isfinite(record["holdout_q_bias"])
+
+    # Online, the agent saw normalised states; the exported buffer is in the env's units.
+    seen = replay_transitions(out)["observations"]
+    main(["dataset", "from-run", str(out), str(tmp_path / "online.npz")])
+    exported, _ = load_native(tmp_path / "online.npz")
+    mean, std = np.asarray(saved["mean"]), np.asarray(saved["std"])
+    np.testing.assert_allclose(seen, (exported.observations - mean) / std, atol=1e-4)
+    assert np.abs(exported.observations.mean(0) - mean).max() > 1.0  # raw Hopper states

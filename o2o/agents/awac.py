@@ -38,8 +38,8 @@ Choices and deviations:
 - Data: CORL fine-tunes on one buffer pre-filled with the dataset, online transitions
   appended and sampled uniformly, so the offline share falls from 1 towards 1/2 over 1M online
   steps. `offline_ratio` 0.5 is the stand-in (fixed mixing at its end value).
-- Not in the agent: CORL normalises observations by the dataset's mean and std; that is a
-  data-layer concern (see td3bc.py) and currently not applied.
+- Observations are standardised by the dataset's mean and std, as CORL's `normalize`; the
+  pipeline applies it (`normalize_observations`, `o2o.train.pipeline.learning_task`).
 - Initialisation: o2o's MLP (Xavier-uniform), not PyTorch's default.
 - `on_switch` is the identity: CORL changes nothing at the switch.
 - Several minibatches per call run in `jax.lax.scan`, each a full AWAC step.
@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register, scan_update_steps
+from o2o.agents.base import compiled_create, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, ensemble_state
 from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
@@ -81,6 +81,7 @@ class AWACConfig:
     utd_ratio: int = 1
     offline_ratio: float = 0.5
     start_steps: int = 0
+    normalize_observations: bool = True  # states standardised by the dataset's mean and std
 
     def __post_init__(self):
         if self.awac_lambda <= 0 or self.max_weight <= 0:
@@ -103,6 +104,7 @@ class AWAC(flax.struct.PyTreeNode):
     config: AWACConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
+    @compiled_create
     def create(
         cls,
         config: AWACConfig,

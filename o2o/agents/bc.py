@@ -5,7 +5,8 @@ Two heads (`BCConfig.head`):
 - `gaussian` (registered as `bc`): maximise log pi(a|s) under o2o's tanh-squashed Gaussian,
   as ikostrikov/jaxrl2's `BCLearner` with `distr="tanh_normal"`: lr 1e-3, hidden (256, 256).
 - `deterministic` (`bc-det`): a tanh-output MLP regressed onto the actions with MSE, as
-  CORL's `any_percent_bc.py` at frac 1.0 (the TD3+BC actor): lr 3e-4, hidden (256, 256).
+  CORL's `any_percent_bc.py` at frac 1.0 (the TD3+BC actor): lr 3e-4, hidden (256, 256),
+  observations standardised by the dataset's mean and std (`normalize_observations`).
 Both use batch 256 (CORL; jaxrl2's `train_offline.py`). d3rlpy's BC differs (batch 100,
 lr 1e-3). Deviation: jaxrl2's default config adds dropout 0.1 and cosine lr decay; o2o uses
 plain Adam, as CORL, so the learning rate does not depend on the planned step count.
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register, scan_update_steps
+from o2o.agents.base import compiled_create, register, scan_update_steps
 from o2o.nets.mlp import MLP
 from o2o.nets.policies import TanhGaussian, tanh_gaussian_log_prob, tanh_gaussian_sample
 
@@ -44,6 +45,7 @@ class BCConfig:
     offline_ratio: float = 1.0
     start_steps: int = 0
     discount: float = 0.99  # unused by BC; evaluation reads it for Monte-Carlo returns
+    normalize_observations: bool = False  # states standardised by the dataset's mean and std
 
     def __post_init__(self):
         if self.head not in ("gaussian", "deterministic"):
@@ -53,7 +55,7 @@ class BCConfig:
 
 
 BC_GAUSSIAN = BCConfig()
-BC_DETERMINISTIC = BCConfig(head="deterministic", lr=3e-4)
+BC_DETERMINISTIC = BCConfig(head="deterministic", lr=3e-4, normalize_observations=True)
 
 
 class BC(flax.struct.PyTreeNode):
@@ -61,6 +63,7 @@ class BC(flax.struct.PyTreeNode):
     config: BCConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
+    @compiled_create
     def create(
         cls,
         config: BCConfig,

@@ -56,7 +56,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register, scan_update_steps
+from o2o.agents.base import compiled_create, register, scan_update_steps
 from o2o.agents.sac import SAC, SACConfig
 
 MAX_ALPHA_PRIME = 1e6  # the reference's clip of exp(log alpha')
@@ -144,6 +144,7 @@ class CQL(SAC):
     config: CQLConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
+    @compiled_create
     def create(
         cls,
         config: CQLConfig,

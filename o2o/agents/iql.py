@@ -25,6 +25,8 @@ Choices and deviations:
   (`opt_decay_schedule = None`). Without the constant tail the actor would fine-tune online
   at learning rate 0; with it `on_switch` needs to change nothing.
 - Initialisation: o2o's MLP (Xavier-uniform), not the reference's orthogonal(sqrt 2).
+- Observations are left raw, as the reference (CORL's IQL standardises them:
+  `--agent.normalize-observations` does that).
 - Several minibatches per call run in `jax.lax.scan`, each a full IQL step.
 """
 
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register, scan_update_steps
+from o2o.agents.base import compiled_create, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, StateValue, ensemble_state
 from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
@@ -65,6 +67,7 @@ class IQLConfig:
     offline_ratio: float = 1.0
     start_steps: int = 0
     reward_scale_by_return_range: bool = True  # r * 1000 / (max - min dataset episode return)
+    normalize_observations: bool = False  # states standardised by the dataset's mean and std
 
     def __post_init__(self):
         if not 0.0 < self.expectile < 1.0:
@@ -109,6 +112,7 @@ class IQL(flax.struct.PyTreeNode):
     config: IQLConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
+    @compiled_create
     def create(
         cls,
         config: IQLConfig,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register
+from o2o.agents.base import compiled_create, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state, subset
 from o2o.nets.policies import TanhGaussian, tanh_gaussian_sample
 
@@ -64,6 +64,7 @@ class SACConfig:
     utd_ratio: int = 20
     offline_ratio: float = 0.5
     start_steps: int = 5000
+    normalize_observations: bool = False  # states standardised by the dataset's mean and std
 
     def __post_init__(self):
         if not 1 <= self.num_min_critics <= self.num_critics:
@@ -112,6 +113,7 @@ class SAC(flax.struct.PyTreeNode):
     config: SACConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
+    @compiled_create
     def create(
         cls,
         config: SACConfig,

@@ -23,8 +23,8 @@ ReBRAC (`REBRAC`, CORL `offline/rebrac.py`, `finetune/rebrac.py`) generalises th
 
 Not in the agent:
 - Observation normalisation by the dataset's mean and std (TD3+BC's recipe, on in CORL
-  `td3_bc.py`) is a data-layer concern: the agent never sees the dataset. It is currently not
-  applied; scores on D4RL locomotion are expected to be lower without it.
+  `td3_bc.py`; off in ReBRAC, as CORL's `normalize_states`) is a data-layer concern:
+  `normalize_observations` asks the pipeline to apply it (`learning_task`).
 - Reward transforms (CORL ReBRAC scales AntMaze rewards by 100) belong to the task registry.
 - ReBRAC's online decay of beta_actor to 0.5x over the online updates (`min_decay_coef`) is not
   implemented: it needs the online step budget.
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import register
+from o2o.agents.base import compiled_create, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state
 from o2o.nets.mlp import MLP
 
@@ -79,6 +79,7 @@ class TD3BCConfig:
     utd_ratio: int = 1
     offline_ratio: float = 1.0
     start_steps: int = 0
+    normalize_observations: bool = True  # states standardised by the dataset's mean and std
 
     def __post_init__(self):
         if self.bc_reduction not in ("mean", "sum"):
@@ -102,6 +103,7 @@ REBRAC = TD3BCConfig(
     actor_q="min",
     batch_size=1024,
     offline_ratio=0.5,
+    normalize_observations=False,
 )
 
 
@@ -119,6 +121,7 @@ class TD3BC(flax.struct.PyTreeNode):
     config: TD3BCConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
+    @compiled_create
     def create(
         cls,
         config: TD3BCConfig,

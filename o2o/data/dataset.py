@@ -185,6 +185,25 @@ class Dataset:
             }
         return stats
 
+    def hold_out(self, count: int) -> tuple[Dataset, Dataset]:
+        """(the rest, `count` whole episodes), the held-out episodes evenly spaced through the
+        data (medium-replay's are ordered by training progress) and the same for every seed."""
+        episodes = self.episodes()
+        if not 0 <= count < len(episodes):
+            raise ValueError(
+                f"{self.source}: cannot hold out {count} of its {len(episodes)} episodes; "
+                "hold out fewer (0 for none)"
+            )
+        held = np.zeros(len(self), bool)
+        for i in np.unique(np.linspace(0, len(episodes) - 1, count).round().astype(int)):
+            held[episodes[i]] = True
+
+        def part(mask: np.ndarray, name: str) -> Dataset:
+            rows = {f: getattr(self, f)[mask] for f in FIELDS}
+            return Dataset(**rows, source=f"{self.source} ({name})")
+
+        return part(~held, "training episodes"), part(held, "held-out episodes")
+
     def next_actions(self) -> np.ndarray:
         """The logged action at `next_observations[t]` (ReBRAC's critic penalty): actions[t+1]
         inside an episode. At an episode's last step it is unknown; actions[t] stands in (at a

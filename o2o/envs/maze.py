@@ -138,7 +138,7 @@ class MazeTask(Task):
             reset_target=False,
         )
 
-    def make_env(self) -> gym.Env:
+    def base_env(self) -> gym.Env:
         """The evaluation environment (see the module docstring)."""
         env = self._maze_env(self.max_episode_steps)
         return FixedGoalMaze(env, self.start_cell, self.goal_cell)

@@ -48,6 +48,31 @@ class RewardTransform:
         return self.scale == 1.0 and self.shift == 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ObservationNormalizer:
+    """s -> (s - mean) / std, fitted on the offline data (TD3+BC's recipe; CORL's awac, iql,
+    bc). Applied to the dataset and, through `Task.make_env`, to every observation the agent
+    sees online and in evaluation, so agents never handle raw states."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, observations: np.ndarray, eps: float = 1e-3) -> ObservationNormalizer:
+        """Per-dimension mean and std (+ `eps`, as TD3+BC, so constant dimensions stay finite)."""
+        mean, std = observations.mean(0), observations.std(0) + eps
+        return cls(tuple(map(float, mean)), tuple(map(float, std)))
+
+    def __call__(self, observations):
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return ((observations - mean) / std).astype(np.float32)
+
+    def inverse(self, observations):
+        """Back to the environment's units (e.g. to export a run's replay buffer)."""
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return (observations * std + mean).astype(np.float32)
+
+
 IDENTITY = RewardTransform()
 SPARSE_TO_MINUS_ONE = RewardTransform(1.0, -1.0)  # sparse {0, 1} -> {-1, 0} (IQL, Cal-QL)
 
@@ -67,12 +92,23 @@ class Task:
     dataset_size: int = 1_000_000  # D4RL's default number of transitions
     medium_band: tuple[float, float] = (20.0, 50.0)  # normalised score of `medium` data
     reward_transform: RewardTransform = IDENTITY
+    observation_normalizer: ObservationNormalizer | None = None  # set per run (learning_task)
     success_metric: bool = False  # report success_rate (sparse goal-reaching tasks)
 
-    def make_env(self) -> gym.Env:
+    def base_env(self) -> gym.Env:
         """The environment, with actions rescaled to [-1, 1] where its bounds differ."""
-        env = gym.make(self.env_id, max_episode_steps=self.max_episode_steps)
-        return _unit_actions(env)
+        return _unit_actions(gym.make(self.env_id, max_episode_steps=self.max_episode_steps))
+
+    def make_env(self) -> gym.Env:
+        """`base_env`, with observations normalised when the task has an
+        `observation_normalizer`: the environment as the agent sees it."""
+        env = self.base_env()
+        if self.observation_normalizer is not None:
+            space = env.observation_space
+            env = gym.wrappers.TransformObservation(
+                env, self.observation_normalizer, gym.spaces.Box(-np.inf, np.inf, space.shape)
+            )
+        return env
 
     def normalize(self, episode_return: float) -> float:
         """D4RL-style normalised score (0 = random policy, 100 = expert)."""

@@ -1,4 +1,5 @@
-"""Evaluation on fixed seeds: returns, normalised score and Q-bias on the rollouts."""
+"""Evaluation on fixed seeds: returns, normalised score, and Q-bias on the rollouts and on
+held-out dataset episodes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o.data.dataset import discounted_returns
+from o2o.data.dataset import Dataset, discounted_returns
 from o2o.diagnostics.bias import q_bias_stats, valid_for_bias
 from o2o.envs.tasks import Task
 
@@ -29,13 +30,44 @@ def _pad(x: np.ndarray, multiple: int = 1024) -> np.ndarray:
 
 class Evaluator:
     """Runs `episodes` deterministic episodes in lock-step; episode i always starts from the
-    reset seeded with `seed + i`, so every evaluation sees the same initial states."""
+    reset seeded with `seed + i`, so every evaluation sees the same initial states.
 
-    def __init__(self, task: Task, episodes: int, seed: int, gamma: float):
+    With `holdout` (dataset episodes kept out of training, in the environment's units), each
+    evaluation also compares Q(s, a) of the logged actions with their discounted Monte-Carlo
+    return: `holdout_q_pred_mean`, `holdout_q_mc_mean`, `holdout_q_bias`.
+    """
+
+    def __init__(
+        self, task: Task, episodes: int, seed: int, gamma: float, holdout: Dataset | None = None
+    ):
         self.task, self.seed, self.gamma = task, seed, gamma
         self.envs = [task.make_env() for _ in range(episodes)]
+        self.holdout = _holdout(task, holdout, gamma) if holdout is not None else None
 
     def __call__(self, agent) -> dict[str, float]:
+        returns, trajectories, terminated, successes = self.rollouts(
+            lambda obs: np.asarray(_act(agent, jnp.asarray(obs)))
+        )
+        metrics = {
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score": float(self.task.normalize(returns.mean())),
+            "episode_length": float(np.mean([len(t["rew"]) for t in trajectories])),
+        }
+        if self.task.success_metric:
+            metrics["success_rate"] = float(successes.mean())
+        metrics |= self._q_bias(agent, trajectories, terminated)
+        if self.holdout is not None:
+            obs, act, q_mc, valid = self.holdout
+            q_pred = np.asarray(_q(agent, jnp.asarray(obs), jnp.asarray(act)))[: len(q_mc)]
+            stats = q_bias_stats(q_pred, q_mc, valid)
+            metrics |= {f"holdout_{k}": v for k, v in stats.items()}
+        return metrics
+
+    def rollouts(self, policy) -> tuple[np.ndarray, list[dict], np.ndarray, np.ndarray]:
+        """One episode per environment with `policy(observations [n, obs_dim]) -> actions`:
+        (returns, per-episode observations/actions/rewards, terminated, success flags). Any
+        policy can be scored on the same episodes (benchmarks score peer libraries' this way)."""
         n = len(self.envs)
         obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
         obs = obs.astype(np.float32)
@@ -43,7 +75,7 @@ class Evaluator:
         trajectories = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
         terminated, successes = np.zeros(n, bool), np.zeros(n, bool)
         while active.any():
-            actions = np.asarray(_act(agent, jnp.asarray(obs)))
+            actions = policy(obs)
             for i in np.flatnonzero(active):
                 next_obs, reward, term, trunc, info = self.envs[i].step(actions[i])
                 traj = trajectories[i]
@@ -55,16 +87,7 @@ class Evaluator:
                 if term or trunc:
                     active[i], terminated[i] = False, bool(term)
         returns = np.array([sum(t["rew"]) for t in trajectories])
-        metrics = {
-            "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()),
-            "normalized_score": float(self.task.normalize(returns.mean())),
-            "episode_length": float(np.mean([len(t["rew"]) for t in trajectories])),
-        }
-        if self.task.success_metric:
-            metrics["success_rate"] = float(successes.mean())
-        metrics |= self._q_bias(agent, trajectories, terminated)
-        return metrics
+        return returns, trajectories, terminated, successes
 
     def _q_bias(self, agent, trajectories: list[dict], terminated: np.ndarray) -> dict:
         lengths = [len(t["rew"]) for t in trajectories]
@@ -78,3 +101,16 @@ class Evaluator:
         q_pred = np.asarray(_q(agent, jnp.asarray(_pad(obs)), jnp.asarray(_pad(act))))[: len(rew)]
         valid = valid_for_bias(lengths, list(terminated), self.gamma)
         return q_bias_stats(q_pred, q_mc, valid)
+
+
+def _holdout(task: Task, holdout: Dataset, gamma: float) -> tuple[np.ndarray, ...]:
+    """Held-out episodes as the agent sees them (normalised observations, padded for Q) with
+    the discounted return of their transformed rewards and the steps where it is complete."""
+    obs = holdout.observations
+    if task.observation_normalizer is not None:
+        obs = task.observation_normalizer(obs)
+    q_mc = discounted_returns(task.reward_transform(holdout.rewards), holdout.episode_ends, gamma)
+    ends = np.flatnonzero(holdout.episode_ends)
+    lengths = np.diff(np.concatenate([[-1], ends])).tolist()
+    valid = valid_for_bias(lengths, holdout.terminals[ends].tolist(), gamma)
+    return _pad(obs), _pad(holdout.actions), q_mc, valid

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from o2o.checkpoint import load_checkpoint, save_checkpoint
 from o2o.data.buffer import ReplayBuffer
+from o2o.data.dataset import Dataset
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
 from o2o.train.evaluate import Evaluator
@@ -64,6 +65,7 @@ class OfflineLoop:
     seed: int
     eval_interval: int
     eval_episodes: int
+    holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -84,7 +86,11 @@ class OfflineLoop:
         self.logger = RunLogger(self.run_dir, self.progress.updates if resumed else None)
         cfg = self.agent.config
         self.evaluator = Evaluator(
-            self.task, self.eval_episodes, seed=10_000 + self.seed, gamma=cfg.discount
+            self.task,
+            self.eval_episodes,
+            seed=10_000 + self.seed,
+            gamma=cfg.discount,
+            holdout=self.holdout,
         )
         self.metrics: dict[str, Any] = {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0

@@ -22,6 +22,7 @@ import numpy as np
 
 from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
+from o2o.data.dataset import Dataset
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
 from o2o.train.evaluate import Evaluator
@@ -92,6 +93,7 @@ class OnlineLoop:
     buffer_capacity: int = 1_000_000
     policy_dir: Path | None = None  # where to keep the actor at every evaluation
     step_offset: int = 0  # offline updates before this phase: records' `step` continues them
+    holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -105,7 +107,11 @@ class OnlineLoop:
         keep = self.step_offset + self.progress.env_steps if resumed else self.step_offset
         self.logger = RunLogger(self.run_dir, keep if resumed or self.step_offset else None)
         self.evaluator = Evaluator(
-            self.task, self.eval_episodes, seed=10_000 + self.seed, gamma=cfg.discount
+            self.task,
+            self.eval_episodes,
+            seed=10_000 + self.seed,
+            gamma=cfg.discount,
+            holdout=self.holdout,
         )
         # A resumed run starts a fresh episode: simulator state is not checkpointed.
         obs = self.env.reset(seed=self.seed + 7919 * self.progress.env_steps)[0]

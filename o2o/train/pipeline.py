@@ -22,12 +22,19 @@ from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset
 from o2o.data.formats import load_dataset
 from o2o.data.generate import make_dataset
-from o2o.envs.tasks import DEFAULT_TASK, RewardTransform, Task, get_task, parse_task
+from o2o.envs.tasks import (
+    DEFAULT_TASK,
+    ObservationNormalizer,
+    RewardTransform,
+    Task,
+    get_task,
+    parse_task,
+)
 from o2o.logging import console
 from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
 
-REWARD_TRANSFORM_FILE = "reward_transform.json"  # the rewards' units, when not the registry's
+TRANSFORMS_FILE = "transforms.json"  # the units the agent learned in (rewards, observations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,10 @@ class TrainConfig:
     """Offline updates or environment steps between evaluations (and checkpoints)."""
     eval_episodes: int = 10
     """Deterministic episodes per evaluation, from fixed reset seeds."""
+    holdout_episodes: int = 10
+    """Dataset episodes kept out of training (evenly spaced, the same for every seed and
+    algorithm; at most a tenth of the dataset's): every evaluation compares Q of their logged
+    actions with their Monte-Carlo return (holdout_q_bias). 0: train on every episode."""
     save_policies: bool = False
     """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots)."""
     agent: Any = None
@@ -152,18 +163,21 @@ def train(config: TrainConfig) -> Path:
         dataset, _ = load_dataset(config.dataset, act_space.low, act_space.high)
     elif level is not None:
         dataset, _ = make_dataset(config.task, config.dataset_size)
-    offline = offline_phase_data = None
+    offline = offline_phase_data = holdout = None
     if dataset is not None:
         if dataset.observation_dim != obs_space.shape[0]:
             raise ValueError(
                 f"{dataset.source}: observations have dim {dataset.observation_dim} but task "
                 f"'{task.name}' has {obs_space.shape[0]}; pick the matching --task"
             )
+        dataset, holdout = hold_out_episodes(dataset, config.holdout_episodes)
         task = learning_task(task, dataset, config.agent)
-        transform = dataclasses.asdict(task.reward_transform)
-        (run_dir / REWARD_TRANSFORM_FILE).write_text(json.dumps(transform))
+        (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
         transitions = dataset.transitions()
         transitions["rewards"] = task.reward_transform(transitions["rewards"])
+        if task.observation_normalizer is not None:
+            for key in ("observations", "next_observations"):
+                transitions[key] = task.observation_normalizer(transitions[key])
         offline = ReplayBuffer.from_arrays(transitions)
         if getattr(config.agent, "critic_bc", 0.0):  # ReBRAC reads the next logged action
             extra = {"next_actions": jnp.asarray(dataset.next_actions())}
@@ -191,6 +205,7 @@ def train(config: TrainConfig) -> Path:
             config.seed,
             config.eval_interval,
             config.eval_episodes,
+            holdout=holdout,
         ).run()
         agent = agent.on_switch(config.agent)
     if config.online_steps > 0:
@@ -205,23 +220,58 @@ def train(config: TrainConfig) -> Path:
             config.eval_episodes,
             policy_dir=run_dir / "policies" if config.save_policies else None,
             step_offset=config.offline_steps,
+            holdout=holdout,
         ).run()
     _write_summary(run_dir, config, phases)
     return run_dir
 
 
-def run_reward_transform(run_dir: Path) -> RewardTransform:
-    """The reward transform a run learned under (its rewards' units, to convert back)."""
-    path = Path(run_dir) / REWARD_TRANSFORM_FILE
-    if path.exists():
-        return RewardTransform(**json.loads(path.read_text()))
-    return get_task(load_config(run_dir).task).reward_transform
+def run_task(run_dir: Path) -> Task:
+    """The task as a run's agent saw it: the registry's, with the reward transform and the
+    observation normaliser the run learned under (to convert its data back to env units)."""
+    task = get_task(load_config(run_dir).task)
+    path = Path(run_dir) / TRANSFORMS_FILE
+    if not path.exists():
+        return task
+    saved = json.loads(path.read_text())
+    obs = saved["observation_normalizer"]
+    return dataclasses.replace(
+        task,
+        reward_transform=RewardTransform(**saved["reward_transform"]),
+        observation_normalizer=None
+        if obs is None
+        else ObservationNormalizer(tuple(obs["mean"]), tuple(obs["std"])),
+    )
+
+
+def _transforms_json(task: Task) -> dict:
+    obs = task.observation_normalizer
+    return {
+        "reward_transform": dataclasses.asdict(task.reward_transform),
+        "observation_normalizer": None if obs is None else dataclasses.asdict(obs),
+    }
+
+
+def hold_out_episodes(dataset: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
+    """(training data, held-out episodes or None): `count` episodes, at most a tenth."""
+    count = min(count, len(dataset.episodes()) // 10)
+    if count <= 0:
+        return dataset, None
+    dataset, holdout = dataset.hold_out(count)
+    console.print(f"{count} episodes ({len(holdout)} transitions) held out for holdout_q_bias")
+    return dataset, holdout
 
 
 def learning_task(task: Task, dataset: Dataset, agent_config: Any) -> Task:
-    """The task whose reward transform the agent learns under: the registry's, then, for
-    agents that ask (`reward_scale_by_return_range`, IQL's locomotion recipe), scaled so the
-    dataset's episode returns span 1000. Online rewards and Q-bias use the same transform."""
+    """The task as the agent learns it, from what its config asks for:
+    - `normalize_observations` (TD3+BC's recipe): states standardised by the dataset's mean
+      and std, offline and, through `Task.make_env`, online and in evaluation;
+    - `reward_scale_by_return_range` (IQL's locomotion recipe): the registry's reward transform
+      followed by a scale that makes the dataset's episode returns span 1000.
+    Online rewards and Q-bias use the same transforms."""
+    if getattr(agent_config, "normalize_observations", False):
+        normalizer = ObservationNormalizer.fit(dataset.observations)
+        task = dataclasses.replace(task, observation_normalizer=normalizer)
     if not getattr(agent_config, "reward_scale_by_return_range", False):
         return task
     returns = dataset.episode_returns(task.reward_transform(dataset.rewards))
@@ -236,8 +286,8 @@ def learning_task(task: Task, dataset: Dataset, agent_config: Any) -> Task:
 
 
 def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
-    """The online replay buffer of a run's latest checkpoint, in insertion order (rewards as
-    the agent saw them, after the run's reward transform: `run_reward_transform`)."""
+    """The online replay buffer of a run's latest checkpoint, in insertion order (rewards and
+    observations as the agent saw them, after the run's transforms: `run_task`)."""
     config = load_config(run_dir)
     spec = get_agent(config.algo)
     env = get_task(config.task).make_env()
