@@ -1,4 +1,5 @@
-"""The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert`.
+"""The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert|from-run`,
+`o2o report`.
 
 `o2o train --algo NAME ...` reads the algorithm first, so that every other flag (including
 `--agent.*` hyperparameters) shows and defaults to that algorithm's reference recipe.
@@ -17,8 +18,9 @@ import tyro
 from o2o.agents import AGENTS
 from o2o.data.formats import FORMATS, load_dataset, save_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset
-from o2o.envs.tasks import TASKS, get_task
+from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task
 from o2o.logging import console
+from o2o.report.report import render_report
 from o2o.report.tables import dataset_row, print_dataset_table
 from o2o.train.pipeline import (
     config_type,
@@ -29,7 +31,10 @@ from o2o.train.pipeline import (
     train,
 )
 
-DEMO_DESCRIPTION = "the main job on its embedded default (a short run; prints the run directory)"
+DEMO_DESCRIPTION = (
+    "offline-to-online on the default task and its dataset: CQL and Cal-QL pre-trained then "
+    "fine-tuned, RLPD from scratch, and a report (score, Q bias, the dip); prints its path"
+)
 USAGE = f"""usage: o2o COMMAND [FLAGS]
 
 commands:
@@ -37,12 +42,18 @@ commands:
           --online-steps M --seed S --out DIR
   demo    {DEMO_DESCRIPTION}
   dataset make TASK-LEVEL | info PATH|TASK-LEVEL... | convert SRC DST | from-run RUN DST
+  report  RUN_DIR... [--out DIR]: score and Q-bias plots and the fine-tuning (dip) table, as
+          self-contained HTML and Markdown
 
 `o2o COMMAND --help` lists a command's flags."""
 
-# The demo's budget: the RLPD recipe on the default task, cut to run in minutes on 2 CPU cores.
-DEMO_STEPS = 2500
-DEMO_START_STEPS = 1000
+# The demo's budget: minutes on 2 CPU cores. Reference recipes, except narrower networks,
+# fewer steps and RLPD's warm-up (5,000 random steps in the recipe).
+DEMO_DATASET_SIZE = 100_000
+DEMO_OFFLINE_STEPS = 3000
+DEMO_ONLINE_STEPS = 2500
+DEMO_HIDDEN = (128, 128)
+DEMO_RLPD_START_STEPS = 1000
 
 
 def train_command(argv: list[str]) -> Path:
@@ -70,24 +81,48 @@ def train_command(argv: list[str]) -> Path:
 def demo_command(argv: list[str]) -> Path:
     parser = argparse.ArgumentParser(prog="o2o demo", description=DEMO_DESCRIPTION)
     parser.add_argument("--out", type=Path, default=None, help="default: runs/demo-TIMESTAMP")
-    parser.add_argument("--online-steps", type=int, default=DEMO_STEPS)
-    parser.add_argument("--start-steps", type=int, default=DEMO_START_STEPS)
+    parser.add_argument("--task", default=f"{DEFAULT_TASK}-medium", help="dataset TASK-LEVEL")
+    parser.add_argument("--dataset-size", type=int, default=DEMO_DATASET_SIZE)
+    parser.add_argument("--offline-steps", type=int, default=DEMO_OFFLINE_STEPS)
+    parser.add_argument("--online-steps", type=int, default=DEMO_ONLINE_STEPS)
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(DEMO_HIDDEN))
+    parser.add_argument("--rlpd-start-steps", type=int, default=DEMO_RLPD_START_STEPS)
+    parser.add_argument("--eval-interval", type=int, default=500)
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    args.out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    config = default_config(
-        "rlpd", out=args.out, online_steps=args.online_steps, eval_interval=1000, eval_episodes=5
-    )
-    config = dataclasses.replace(
-        config, agent=dataclasses.replace(config.agent, start_steps=args.start_steps)
-    )
+    out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    hidden = tuple(args.hidden)
+    plan = {  # algo -> (offline steps, agent overrides)
+        "cql": (args.offline_steps, {"hidden_dims": hidden}),
+        "calql": (args.offline_steps, {"hidden_dims": hidden}),
+        "rlpd": (0, {"hidden_dims": hidden, "start_steps": args.rlpd_start_steps}),
+    }
     console.print(
-        f"o2o demo: RLPD on {config.task} for {args.online_steps} environment steps "
-        f"({args.start_steps} random, then {config.agent.utd_ratio} updates per step)"
+        f"o2o demo on {args.task}: CQL and Cal-QL, {args.offline_steps} offline updates then "
+        f"{args.online_steps} online steps; RLPD, {args.online_steps} online steps with the "
+        f"data mixed in; networks {'x'.join(map(str, hidden))}. Outputs in {out}"
     )
-    run_dir = train(config)
-    print(f"report: {run_dir / 'summary.json'} (metrics: {run_dir / 'metrics.jsonl'})")
-    print(run_dir)
-    return run_dir
+    run_dirs = []
+    for algo, (offline_steps, overrides) in plan.items():
+        console.rule(algo)
+        config = default_config(
+            algo,
+            task=args.task,
+            dataset_size=args.dataset_size,
+            offline_steps=offline_steps,
+            online_steps=args.online_steps,
+            seed=args.seed,
+            eval_interval=args.eval_interval,
+            eval_episodes=args.eval_episodes,
+            out=out / algo,
+        )
+        agent = dataclasses.replace(config.agent, **overrides)
+        run_dirs.append(train(dataclasses.replace(config, agent=agent)))
+    path = render_report(run_dirs, out / "report", title=f"o2o demo: {args.task}")
+    console.print(f"report: {path} (Markdown: {path.with_suffix('.md')})")
+    print(path)
+    return path
 
 
 def dataset_command(argv: list[str]) -> None:
@@ -146,6 +181,21 @@ def dataset_command(argv: list[str]) -> None:
         console.print(f"{args.src} -> {path}: {len(dataset)} transitions")
 
 
+def report_command(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="o2o report", description="Render the report (HTML + Markdown) for a set of runs."
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report")
+    parser.add_argument("--title", default="o2o report")
+    args = parser.parse_args(argv)
+    out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("report"))
+    path = render_report(args.runs, out, args.title)
+    console.print(f"report: {path} (Markdown: {path.with_suffix('.md')})")
+    print(path)
+    return path
+
+
 def _levels_help() -> str:
     return "; ".join(f"{name}: {', '.join(task.levels)}" for name, task in TASKS.items())
 
@@ -159,7 +209,12 @@ def _info_row(spec: str, args: argparse.Namespace) -> dict:
     return dataset_row(spec, dataset, get_task(spec))
 
 
-COMMANDS = {"train": train_command, "demo": demo_command, "dataset": dataset_command}
+COMMANDS = {
+    "train": train_command,
+    "demo": demo_command,
+    "dataset": dataset_command,
+    "report": report_command,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

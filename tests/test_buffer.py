@@ -85,3 +85,15 @@ def test_grown_buffer_keeps_transitions_oldest_first(n_added):
     np.testing.assert_array_equal(np.asarray(big.data["x"][: len(kept)]), kept)
     big = big.add({"x": 9.0})
     assert float(big.data["x"][len(kept)]) == 9.0
+
+
+def test_sampler_proportional_to_sizes():
+    offline = ReplayBuffer.from_arrays({"src": np.ones(300, np.float32)})
+    online = ReplayBuffer.create({"src": np.float32(0)}, capacity=1000)
+    sampler = MixedSampler.create(offline, proportional=True)
+    sample = jax.jit(lambda buf: sampler.sample(jax.random.key(0), buf, 100, jnp.int32(0)))
+    assert float(sample(online)["src"].sum()) == 100.0  # no online data yet
+    online = ReplayBuffer.from_arrays({"src": np.zeros(100, np.float32)}).grown(1000)
+    assert float(sample(online)["src"].sum()) == 75.0  # 300 / (300 + 100)
+    with pytest.raises(ValueError, match="not both"):
+        MixedSampler.create(offline, schedule=optax.constant_schedule(0.5), proportional=True)

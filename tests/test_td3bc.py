@@ -199,6 +199,7 @@ def test_update_scans_minibatches_and_acts():
         "critic_loss",
         "actor_loss",
         "bc_mse",
+        "actor_bc",
         "q_mean",
         "lambda",
         "target_mean",
@@ -239,7 +240,22 @@ def test_critic_penalty_needs_next_actions_until_the_switch():
     _, metrics = jax.jit(lambda a, b: a.update(b))(online, b)
     assert np.isfinite(float(metrics["critic_loss"]))
     td3bc = TD3BC.create(PRESETS["td3bc"], OBS, ACT, 0)
-    assert td3bc.on_switch() is td3bc
+    assert td3bc.on_switch().config is td3bc.config
+
+
+def test_rebrac_actor_penalty_decays_online():
+    agent = TD3BC.create(
+        dataclasses.replace(PRESETS["rebrac"], online_bc_decay_steps=4), OBS, ACT, 0
+    )
+    agent = agent.replace(critic=agent.critic.replace(step=jnp.int32(10)))  # 10 offline updates
+    assert float(agent.actor_bc) == pytest.approx(0.7)  # no decay before the switch
+    online = agent.on_switch()
+    weights = [
+        float(online.replace(critic=online.critic.replace(step=jnp.int32(10 + k))).actor_bc)
+        for k in range(6)
+    ]
+    np.testing.assert_allclose(weights, 0.7 * np.array([1, 0.75, 0.5, 0.5, 0.5, 0.5]), rtol=1e-6)
+    assert TD3BC_DEFAULT.online_bc_decay_steps is None and REBRAC.online_bc_decay_steps == 10**6
 
 
 def test_registered_with_reference_recipes():

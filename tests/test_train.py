@@ -4,16 +4,26 @@ import dataclasses
 import json
 import shutil
 
+import gymnasium as gym
+import jax
 import numpy as np
 import pytest
+from agent_helpers import random_batch
 
 from o2o.agents import AGENTS
+from o2o.agents.base import switch_parts, trained_parts
+from o2o.agents.sac import SAC, SACConfig
 from o2o.cli import main
-from o2o.data.dataset import Dataset
+from o2o.data.dataset import Dataset, discounted_returns
 from o2o.data.formats import load_native, save_native
 from o2o.logging import read_metrics
 from o2o.train.pipeline import load_config, replay_transitions, train
 
+SPACES = (
+    gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+    gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+)
+update = jax.jit(SAC.update)
 TINY = "--agent.hidden-dims 16 16 --agent.batch-size 16 --eval-episodes 2"
 METRIC_KEYS = (
     "normalized_score",
@@ -144,11 +154,18 @@ def test_unknown_names_give_clear_errors(args, message, capsys, tmp_path):
     assert message in str(info.value) + capsys.readouterr().err
 
 
-def test_demo_smoke(tmp_path, capsys):
+def test_demo_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("O2O_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "demo"
-    main(["demo", "--online-steps", "12", "--start-steps", "10", "--out", str(out)])
-    assert str(out) in capsys.readouterr().out
-    assert summary(out)["algo"] == "rlpd" and summary(out)["updates"] == 2 * 20
+    flags = "--dataset-size 3000 --offline-steps 20 --online-steps 30 --eval-interval 10"
+    tiny = "--hidden 8 8 --rlpd-start-steps 25 --eval-episodes 2"
+    main(["demo", *flags.split(), *tiny.split(), "--out", str(out)])
+    assert str(out / "report" / "report.html") in capsys.readouterr().out
+    for algo in ("cql", "calql"):
+        assert summary(out / algo)["offline_updates"] == 20 and "dip" in summary(out / algo)
+    assert summary(out / "rlpd")["updates"] == (30 - 25) * 20
+    table = (out / "report" / "report.md").read_text()
+    assert all(f"| {algo} | 1 |" in table for algo in ("cql", "calql", "rlpd"))
 
 
 def test_top_level_usage(capsys):
@@ -204,6 +221,16 @@ def test_offline_then_online_share_one_step_axis_and_resume(tmp_path):
     ]
     assert records[3]["return_mean"] == records[2]["return_mean"]  # the offline agent, evaluated
     assert summary(out)["offline_updates"] == 60 and summary(out)["updates"] == 25
+    # Fine-tuning metrics in the summary, and the report over the run.
+    scores = [r["normalized_score"] for r in records]
+    assert summary(out)["offline_score"] == scores[2]
+    assert summary(out)["dip"] == 0.0  # the first quarter of 30 steps holds only step 0
+    assert summary(out)["regret"] == pytest.approx((100 - scores[4]) / 100)
+    main(["report", str(out)])
+    page = (out / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # score and Q bias (no held-out data)
+    table = (out / "report" / "report.md").read_text()
+    assert "| sac | 1 |" in table and "score at switch" in table and "regret" in table
 
 
 def test_offline_steps_without_data_is_refused(tmp_path, capsys):
@@ -287,3 +314,46 @@ def test_observation_normalisation_and_held_out_q_bias(tmp_path):
     mean, std = np.asarray(saved["mean"]), np.asarray(saved["std"])
     np.testing.assert_allclose(seen, (exported.observations - mean) / std, atol=1e-4)
     assert np.abs(exported.observations.mean(0) - mean).max() > 1.0  # raw Hopper states
+
+
+def test_calql_online_episodes_are_stored_with_their_monte_carlo_returns(tmp_path):
+    out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    run(
+        f"--algo calql --task hopper --dataset {path} --offline-steps 10 --online-steps 80 "
+        f"--eval-interval 40 --agent.cql-n-actions 2 --out {out}"
+    )
+    replay = replay_transitions(out)
+    ends = replay["masks"] == 0  # random actions: Hopper falls within 80 steps
+    assert ends.any() and ends[-1], "only finished episodes are stored"
+    expected = discounted_returns(replay["rewards"], ends, 0.99)
+    np.testing.assert_allclose(replay["mc_returns"], expected, rtol=1e-5)
+    assert summary(out)["updates"] < 80  # updates waited for the first stored episode
+
+
+def test_switch_hooks_freeze_and_reset_optimizers(tmp_path):
+    out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    run(
+        f"--algo sac --task hopper --dataset {path} --offline-steps 20 --online-steps 20 "
+        f"--eval-interval 20 --agent.start-steps 0 --freeze actor --reset-optimizers "
+        f"--data-mix proportional --save-policies --out {out}"
+    )
+    assert load_config(out).freeze == ("actor",) and summary(out)["updates"] == 20
+    first, last = (np.load(p) for p in sorted((out / "policies").glob("*.npz")))
+    assert all(np.array_equal(first[k], last[k]) for k in first.files if k != "meta")
+
+    agent = SAC.create(SACConfig(hidden_dims=(8,), batch_size=4), *SPACES, 0)
+    assert set(trained_parts(agent)) == {"actor", "critic", "log_temperature"}
+    agent = update(agent, random_batch(0, 4, 1))[0]  # Adam moments are now non-zero
+    switched = switch_parts(agent, freeze=("actor",), reset_optimizers=True)
+    mu = switched.critic.opt_state[0].mu
+    assert all(not np.asarray(x).any() for x in jax.tree.leaves(mu))  # fresh Adam state
+    stepped = update(switched, random_batch(1, 4, 1))[0]
+    assert tree_equal(stepped.actor.params, agent.actor.params)
+    assert not tree_equal(stepped.critic.params, agent.critic.params)
+    with pytest.raises(ValueError, match="no trained part of that name; its parts: actor"):
+        switch_parts(agent, freeze=("policy",))
+
+
+def tree_equal(a, b) -> bool:
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(np.array_equal(x, y) for x, y in leaves)

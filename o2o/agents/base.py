@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
+import optax
+from flax.training.train_state import TrainState
 
 
 class AgentConfig(Protocol):
@@ -67,6 +69,37 @@ def scan_update_steps(agent: Any, batch: dict[str, jax.Array]) -> tuple[Any, dic
     the metrics averaged over the minibatches."""
     agent, info = jax.lax.scan(lambda a, b: a.update_step(b), agent, batch)
     return agent, jax.tree.map(jnp.mean, info)
+
+
+def trained_parts(agent: Any) -> dict[str, TrainState]:
+    """The agent's parts with an optimiser (actor, critic, value, temperature...), by field."""
+    fields = dataclasses.fields(agent)
+    return {
+        f.name: getattr(agent, f.name)
+        for f in fields
+        if isinstance(getattr(agent, f.name), TrainState)
+    }
+
+
+def switch_parts(agent: Any, freeze: tuple[str, ...] = (), reset_optimizers: bool = False) -> Any:
+    """Generic switch hooks: `freeze` named parts (their optimiser becomes a no-op, so online
+    updates leave them as pre-trained, e.g. QC's prior or a frozen actor), and re-initialise
+    every other part's optimiser state (Adam moments from the offline phase) if asked."""
+    parts = trained_parts(agent)
+    unknown = [name for name in freeze if name not in parts]
+    if unknown:
+        raise ValueError(
+            f"--freeze {' '.join(unknown)}: {type(agent).__name__} has no trained part of that "
+            f"name; its parts: {', '.join(parts)}"
+        )
+    changes = {}
+    for name, state in parts.items():
+        if name in freeze:
+            tx = optax.set_to_zero()
+            changes[name] = state.replace(tx=tx, opt_state=tx.init(state.params))
+        elif reset_optimizers:
+            changes[name] = state.replace(opt_state=state.tx.init(state.params))
+    return agent.replace(**changes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,6 +88,7 @@ class CQLConfig(SACConfig):
     cql_max_target_backup: bool = False
     cql_clip_diff_min: float = -np.inf
     cql_clip_diff_max: float = np.inf
+    cql_alpha_online: float | None = None  # cql_alpha from the switch on (CORL); None: keep
 
     def __post_init__(self):
         super().__post_init__()
@@ -220,6 +221,8 @@ class CQL(SAC):
 
         q_data = self.critic.apply_fn(critic_params, obs, actions)
         q_ood = self.critic.apply_fn(critic_params, _repeat(obs, 3 * n), proposals)
+        q_pi, bound_info = self.bound_policy_values(q_ood[..., n:], batch)
+        q_ood = jnp.concatenate([q_ood[..., :n], q_pi], axis=-1)
         gap, ood = conservative_gap(q_data, q_ood, log_density, cfg)
         td = jnp.mean((q_data - target) ** 2, axis=-1)
         penalty = self.cql_weight * (gap - cfg.cql_target_action_gap if cfg.cql_lagrange else gap)
@@ -235,7 +238,14 @@ class CQL(SAC):
             "cql_rand_q": q_ood[..., :n].mean(),
             "cql_pi_q": q_ood[..., n : 2 * n].mean(),
             "target_mean": target.mean(),
-        }
+        } | bound_info
+
+    def bound_policy_values(
+        self, q_pi: jax.Array, batch: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Q at the policy's proposals ([critics, B, 2N], from pi(.|s) then pi(.|s')) as the
+        penalty sees them: unchanged in CQL; Cal-QL floors them (`o2o.agents.calql`)."""
+        return q_pi, {}
 
     def alpha_prime_loss(
         self, params: dict[str, jax.Array], gap: jax.Array
@@ -270,9 +280,10 @@ class CQL(SAC):
         return self.critic.apply_fn(self.critic.params, observations, actions).min(0)
 
     def on_switch(self, config: Any = None) -> CQL:
-        """Identity: CQL fine-tunes with its offline losses. `cql_alpha` is a pytree leaf, so
-        a switch rule (CORL's `cql_alpha_online`, Cal-QL) can change it without recompiling."""
-        return self
+        """CQL fine-tunes with its offline losses; `cql_alpha_online`, when set, replaces the
+        penalty weight (CORL's switch rule). `cql_alpha` is a pytree leaf: no recompilation."""
+        online = (config or self.config).cql_alpha_online
+        return self if online is None else self.replace(cql_alpha=jnp.float32(online))
 
 
 register("cql", CQL, CQL_LOCOMOTION, "conservative Q-learning on SAC (locomotion recipe)")

@@ -26,8 +26,9 @@ Not in the agent:
   `td3_bc.py`; off in ReBRAC, as CORL's `normalize_states`) is a data-layer concern:
   `normalize_observations` asks the pipeline to apply it (`learning_task`).
 - Reward transforms (CORL ReBRAC scales AntMaze rewards by 100) belong to the task registry.
-- ReBRAC's online decay of beta_actor to 0.5x over the online updates (`min_decay_coef`) is not
-  implemented: it needs the online step budget.
+- ReBRAC's online decay of beta_actor (CORL `finetune/rebrac.py`): max(0.5, 1 - k / K) after
+  k online updates; K (`online_bc_decay_steps`) is CORL's 1M online updates in the preset, so
+  shorter fine-tuning budgets should pass theirs (`--agent.online-bc-decay-steps`).
 
 Deviations: o2o's MLP (Xavier-uniform init; LayerNorm before ReLU, as RLPD) instead of
 PyTorch's default init (TD3+BC) or ReBRAC's EDAC-style init with LayerNorm after ReLU. The
@@ -72,6 +73,8 @@ class TD3BCConfig:
     actor_bc: float = 1.0  # beta_actor
     critic_bc: float = 0.0  # beta_critic; non-zero needs batch["next_actions"]
     online_critic_bc: float = 0.0  # beta_critic after `on_switch`
+    online_bc_decay_steps: int | None = None  # beta_actor decays over these online updates
+    online_bc_min_decay: float = 0.5  # ... linearly from 1x to this fraction, then stays
     bc_reduction: Literal["mean", "sum"] = "mean"  # over action dims: TD3+BC mean, ReBRAC sum
     actor_q: Literal["q1", "min"] = "q1"  # the Q the actor maximises: TD3+BC Q_1, ReBRAC min
     exploration_noise: float = 0.1  # std of the Gaussian added to online actions
@@ -104,6 +107,7 @@ REBRAC = TD3BCConfig(
     batch_size=1024,
     offline_ratio=0.5,
     normalize_observations=False,
+    online_bc_decay_steps=1_000_000,
 )
 
 
@@ -118,6 +122,7 @@ class TD3BC(flax.struct.PyTreeNode):
     target_actor_params: Any
     target_critic_params: Any
     rng: jax.Array
+    switch_step: jax.Array  # critic updates done at the switch; -1 before it (BC decay)
     config: TD3BCConfig = flax.struct.field(pytree_node=False)
 
     @classmethod
@@ -146,8 +151,20 @@ class TD3BC(flax.struct.PyTreeNode):
             target_actor_params=jax.tree.map(jnp.copy, actor_params),
             target_critic_params=jax.tree.map(jnp.copy, critic.params),
             rng=rng,
+            switch_step=jnp.int32(-1),
             config=config,
         )
+
+    @property
+    def actor_bc(self) -> jax.Array:
+        """beta_actor: the config's, times ReBRAC's online decay max(min, 1 - k / K) after k
+        online updates of K (`online_bc_decay_steps`; CORL `min_decay_coef`)."""
+        cfg = self.config
+        if cfg.online_bc_decay_steps is None:
+            return jnp.float32(cfg.actor_bc)
+        done = jnp.maximum(self.critic.step - self.switch_step, 0)
+        decay = jnp.maximum(cfg.online_bc_min_decay, 1.0 - done / cfg.online_bc_decay_steps)
+        return cfg.actor_bc * jnp.where(self.switch_step < 0, 1.0, decay)
 
     def _policy(self, params, observations: jax.Array) -> jax.Array:
         return jnp.tanh(self.actor.apply_fn(params, observations))
@@ -184,9 +201,10 @@ class TD3BC(flax.struct.PyTreeNode):
         qs = self.critic.apply_fn(self.critic.params, obs, actions)
         q = qs[0] if self.config.actor_q == "q1" else qs.min(0)
         lam = jax.lax.stop_gradient(self.config.alpha / jnp.abs(q).mean())
-        loss = jnp.mean(-lam * q + self.config.actor_bc * self.bc_penalty(actions, data_actions))
+        loss = jnp.mean(-lam * q + self.actor_bc * self.bc_penalty(actions, data_actions))
         bc_mse = jnp.mean((actions - data_actions) ** 2)
-        return loss, {"actor_loss": loss, "bc_mse": bc_mse, "lambda": lam}
+        info = {"actor_loss": loss, "bc_mse": bc_mse, "lambda": lam, "actor_bc": self.actor_bc}
+        return loss, info
 
     def update_critic(self, batch: dict[str, jax.Array]) -> tuple[TD3BC, dict[str, jax.Array]]:
         rng, key = jax.random.split(self.rng)
@@ -247,11 +265,13 @@ class TD3BC(flax.struct.PyTreeNode):
         return self.critic.apply_fn(self.critic.params, observations, actions).min(0)
 
     def on_switch(self, config: Any = None) -> TD3BC:
-        """Online, the critic penalty becomes `online_critic_bc` (ReBRAC fine-tuning: 0);
-        identity when it does not change (TD3+BC). `config` is unused: the agent's own says."""
+        """Online, the critic penalty becomes `online_critic_bc` (ReBRAC fine-tuning: 0) and,
+        with `online_bc_decay_steps`, the actor's starts decaying (see `actor_bc`). `config` is
+        unused: the agent's own says."""
+        agent = self.replace(switch_step=self.critic.step.astype(jnp.int32))
         if self.config.critic_bc == self.config.online_critic_bc:
-            return self
-        return self.replace(
+            return agent
+        return agent.replace(
             config=dataclasses.replace(self.config, critic_bc=self.config.online_critic_bc)
         )
 

@@ -85,7 +85,9 @@ class MixedSampler(flax.struct.PyTreeNode):
     """Draws batches from offline and online data, a fraction `offline_ratio` from offline.
 
     The ratio is a pytree leaf (changing it does not recompile); with `schedule` set, the
-    ratio is `schedule(step)` instead, e.g. an optax schedule decaying the offline share.
+    ratio is `schedule(step)` instead, e.g. an optax schedule decaying the offline share; with
+    `proportional`, it is offline size / (offline size + online size), i.e. uniform sampling
+    over the union of both (Cal-QL's `mixing_ratio` < 0; CORL's one pre-filled buffer).
     Each row picks its source independently of the others' indices, so any ratio works,
     not only 0.5 (RLPD's interleaving only supports 0.5: ikostrikov/rlpd#4).
     """
@@ -95,6 +97,7 @@ class MixedSampler(flax.struct.PyTreeNode):
     schedule: Callable[[jax.Array], jax.Array] | None = flax.struct.field(
         pytree_node=False, default=None
     )
+    proportional: bool = flax.struct.field(pytree_node=False, default=False)
 
     @classmethod
     def create(
@@ -102,16 +105,28 @@ class MixedSampler(flax.struct.PyTreeNode):
         offline: ReplayBuffer | None,
         offline_ratio: float = 0.5,
         schedule: Callable[[jax.Array], jax.Array] | None = None,
+        proportional: bool = False,
     ) -> MixedSampler:
         if not 0.0 <= offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio}")
+        if schedule is not None and proportional:
+            raise ValueError("give a schedule or proportional mixing, not both")
         if offline is None:
-            offline_ratio, schedule = 0.0, None
-        return cls(offline=offline, offline_ratio=jnp.float32(offline_ratio), schedule=schedule)
+            offline_ratio, schedule, proportional = 0.0, None, False
+        return cls(
+            offline=offline,
+            offline_ratio=jnp.float32(offline_ratio),
+            schedule=schedule,
+            proportional=proportional,
+        )
 
-    def ratio(self, step: jax.Array) -> jax.Array:
+    def ratio(self, step: jax.Array, online_size: jax.Array | int = 0) -> jax.Array:
+        """The offline share of a batch at online step `step`."""
         if self.offline is None:
             return jnp.float32(0.0)
+        if self.proportional:
+            offline_size = self.offline.size.astype(jnp.float32)
+            return offline_size / (offline_size + jnp.asarray(online_size, jnp.float32))
         if self.schedule is not None:
             return jnp.clip(jnp.asarray(self.schedule(step), jnp.float32), 0.0, 1.0)
         return self.offline_ratio
@@ -121,7 +136,7 @@ class MixedSampler(flax.struct.PyTreeNode):
         if self.offline is None:
             return online.sample(key, n)
         key_off, key_on = jax.random.split(key)
-        n_offline = jnp.round(self.ratio(step) * n).astype(jnp.int32)
+        n_offline = jnp.round(self.ratio(step, online.size) * n).astype(jnp.int32)
         from_offline = jnp.arange(n) < n_offline
         offline_rows = self.offline.sample(key_off, n)
         online_rows = online.sample(key_on, n)

@@ -110,6 +110,12 @@ class Task:
             )
         return env
 
+    @property
+    def failure_reward(self) -> float | None:
+        """On sparse goal-reaching tasks, the (transformed) reward of a step that has not
+        reached the goal, for the all-failure Monte-Carlo constant; None on dense tasks."""
+        return float(self.reward_transform(0.0)) if self.success_metric else None
+
     def normalize(self, episode_return: float) -> float:
         """D4RL-style normalised score (0 = random policy, 100 = expert)."""
         span = self.expert_return - self.random_return

@@ -5,6 +5,11 @@ buffer in place; then `utd_ratio` minibatches are drawn on the device (mixed wit
 at the sampler's ratio), the agent is updated under `lax.scan`, and the next action sampled.
 Checkpoints hold the agent, the buffer, every RNG and the counters, so a resumed run
 continues where it stopped and never repeats the random warm-up.
+
+Agents that learn from Monte-Carlo returns (Cal-QL) get each online episode stored when it
+ends, with the discounted return from each of its steps (`mc_returns`), and start updating
+once the first one is stored. The episode in progress at a checkpoint is not saved: a resumed
+run starts a fresh episode, as always.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 
 from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
-from o2o.data.dataset import Dataset
+from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
 from o2o.train.evaluate import Evaluator
@@ -67,9 +72,11 @@ class RunProgress:
     buffer_capacity: int = 0
 
 
-def example_transition(env) -> dict[str, np.ndarray]:
+def example_transition(env, mc_returns: bool = False) -> dict[str, np.ndarray]:
+    """A zero transition: the online buffer's fields and shapes."""
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    return {
+    extra = {"mc_returns": np.float32(0)} if mc_returns else {}
+    return extra | {
         "observations": np.zeros(obs_dim, np.float32),
         "actions": np.zeros(act_dim, np.float32),
         "rewards": np.float32(0),
@@ -94,6 +101,7 @@ class OnlineLoop:
     policy_dir: Path | None = None  # where to keep the actor at every evaluation
     step_offset: int = 0  # offline updates before this phase: records' `step` continues them
     holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
+    mc_returns: bool = False  # store each episode when it ends, with its Monte-Carlo returns
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -119,6 +127,7 @@ class OnlineLoop:
         self.key, key_act = jax.random.split(self.key)
         self.next_action = np.asarray(_act(self.agent, jnp.asarray(self.obs), key_act))
         self.episode_return, self.metrics = 0.0, {}
+        self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
         self.t_interval, self.updates_interval = time.perf_counter(), 0
 
         with progress_bar() as bar:
@@ -139,7 +148,7 @@ class OnlineLoop:
 
     def _restore(self) -> None:
         """Fresh state, or the checkpoint's (growing the buffer if the run was extended)."""
-        example = example_transition(self.env)
+        example = example_transition(self.env, self.mc_returns)
         capacity = max(1, min(self.online_steps, self.buffer_capacity))
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress(buffer_capacity=capacity)
@@ -176,16 +185,23 @@ class OnlineLoop:
             "masks": np.float32(1.0 - terminated),
         }
         self.episode_return += float(reward)
+        if self.mc_returns:
+            self.episode.append(transition)
+        else:
+            self.buffer = _store(self.buffer, transition)
         if terminated or truncated:
             progress.episodes += 1
             self.logger.tb.add_scalar(
                 "online/train_return", self.episode_return, progress.env_steps
             )
             self.obs, self.episode_return = self.env.reset()[0].astype(np.float32), 0.0
+            if self.mc_returns:
+                self._store_episode()
         else:
             self.obs = next_obs
-        self.buffer = _store(self.buffer, transition)
-        if progress.env_steps >= cfg.start_steps:
+        # With Monte-Carlo returns, updates wait for the first stored online episode.
+        ready = not self.mc_returns or progress.episodes > 0
+        if progress.env_steps >= cfg.start_steps and ready:
             self.agent, self.key, next_action, self.metrics = _update_and_act(
                 self.agent,
                 self.buffer,
@@ -199,10 +215,22 @@ class OnlineLoop:
             self.next_action = np.asarray(next_action)
             progress.updates += cfg.utd_ratio
             self.updates_interval += cfg.utd_ratio
-        elif progress.env_steps + 1 >= cfg.start_steps:  # the warm-up ends: act from now on
+        elif progress.env_steps + 1 >= cfg.start_steps:  # the warm-up is over: act
             self.key, key_act = jax.random.split(self.key)
             self.next_action = np.asarray(_act(self.agent, jnp.asarray(self.obs), key_act))
         progress.env_steps += 1
+
+    def _store_episode(self) -> None:
+        """Store the finished episode with the discounted return from each of its steps (the
+        rewards already transformed; Cal-QL's all-failure constant on sparse tasks)."""
+        rewards = np.array([t["rewards"] for t in self.episode], np.float32)
+        ends = np.zeros(len(rewards), bool)
+        returns = discounted_returns(
+            rewards, ends, self.agent.config.discount, self.task.failure_reward
+        )
+        for transition, mc_return in zip(self.episode, returns, strict=True):
+            self.buffer = _store(self.buffer, transition | {"mc_returns": mc_return})
+        self.episode = []
 
     def _evaluate_and_save(self) -> dict[str, Any]:
         progress = self.progress

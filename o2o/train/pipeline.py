@@ -1,7 +1,11 @@
-"""`train(config)`: load data, build the agent, offline phase -> `on_switch` -> online phase,
-then the run's summary. Either phase may have zero steps (RLPD has no offline phase; an
-offline benchmark no online one). Offline data also feeds online batches at the agent's
-`offline_ratio`.
+"""`train(config)`: load data, build the agent, offline phase -> switch -> online phase, then
+the run's summary. Either phase may have zero steps (RLPD has no offline phase; an offline
+benchmark no online one). Offline data also feeds online batches (`data_mix`: the agent's
+`offline_ratio`, a linear decay of it, or proportional to the sizes).
+
+The switch applies the agent's own rule (`on_switch`: CQL's `cql_alpha_online`, ReBRAC's
+critic penalty off, ...), then the generic hooks: `freeze` parts and `reset_optimizers`.
+Random warm-up steps online are the agent's `start_steps`.
 """
 
 from __future__ import annotations
@@ -10,18 +14,21 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from o2o.agents import get_agent
+from o2o.agents.base import switch_parts
 from o2o.checkpoint import load_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
-from o2o.data.dataset import Dataset
+from o2o.data.dataset import Dataset, discounted_returns
 from o2o.data.formats import load_dataset
 from o2o.data.generate import make_dataset
+from o2o.diagnostics.finetune import finetune_metrics
 from o2o.envs.tasks import (
     DEFAULT_TASK,
     ObservationNormalizer,
@@ -30,7 +37,7 @@ from o2o.envs.tasks import (
     get_task,
     parse_task,
 )
-from o2o.logging import console
+from o2o.logging import console, read_metrics
 from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
 
@@ -66,6 +73,15 @@ class TrainConfig:
     """Dataset episodes kept out of training (evenly spaced, the same for every seed and
     algorithm; at most a tenth of the dataset's): every evaluation compares Q of their logged
     actions with their Monte-Carlo return (holdout_q_bias). 0: train on every episode."""
+    data_mix: Literal["fixed", "proportional", "linear"] = "fixed"
+    """How online batches mix in offline data: fixed (the agent's offline_ratio), proportional
+    (uniform over dataset and online buffer: Cal-QL's mixing_ratio < 0, CORL's one buffer) or
+    linear (offline_ratio decaying to 0 over the online steps)."""
+    freeze: tuple[str, ...] = ()
+    """Agent parts left as pre-trained online (e.g. actor): their optimiser becomes a no-op at
+    the switch."""
+    reset_optimizers: bool = False
+    """Re-initialise every optimiser state (Adam moments) at the offline-to-online switch."""
     save_policies: bool = False
     """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots)."""
     agent: Any = None
@@ -98,6 +114,7 @@ def load_config(run_dir: Path) -> TrainConfig:
     saved = json.loads((Path(run_dir) / "config.json").read_text())
     agent = saved.pop("agent")
     agent["hidden_dims"] = tuple(agent["hidden_dims"])
+    saved["freeze"] = tuple(saved.get("freeze", ()))
     agent = dataclasses.replace(get_agent(saved["algo"]).default_config, **agent)
     dataset = saved.pop("dataset")
     return config_type(saved["algo"])(
@@ -164,6 +181,7 @@ def train(config: TrainConfig) -> Path:
     elif level is not None:
         dataset, _ = make_dataset(config.task, config.dataset_size)
     offline = offline_phase_data = holdout = None
+    uses_mc_returns = getattr(spec.agent_cls, "uses_mc_returns", False)
     if dataset is not None:
         if dataset.observation_dim != obs_space.shape[0]:
             raise ValueError(
@@ -178,6 +196,13 @@ def train(config: TrainConfig) -> Path:
         if task.observation_normalizer is not None:
             for key in ("observations", "next_observations"):
                 transitions[key] = task.observation_normalizer(transitions[key])
+        if uses_mc_returns:  # Cal-QL: the discounted return of the transformed rewards
+            transitions["mc_returns"] = discounted_returns(
+                transitions["rewards"],
+                dataset.episode_ends,
+                config.agent.discount,
+                task.failure_reward,
+            )
         offline = ReplayBuffer.from_arrays(transitions)
         if getattr(config.agent, "critic_bc", 0.0):  # ReBRAC reads the next logged action
             extra = {"next_actions": jnp.asarray(dataset.next_actions())}
@@ -192,7 +217,14 @@ def train(config: TrainConfig) -> Path:
             f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
             f"online data only (offline_ratio {config.agent.offline_ratio} ignored)"
         )
-    sampler = MixedSampler.create(offline, config.agent.offline_ratio)
+    sampler = MixedSampler.create(
+        offline,
+        config.agent.offline_ratio,
+        schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
+        if config.data_mix == "linear"
+        else None,
+        proportional=config.data_mix == "proportional",
+    )
     agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
     phases = {}
     if config.offline_steps > 0:
@@ -207,7 +239,7 @@ def train(config: TrainConfig) -> Path:
             config.eval_episodes,
             holdout=holdout,
         ).run()
-        agent = agent.on_switch(config.agent)
+        agent = switch_parts(agent.on_switch(config.agent), config.freeze, config.reset_optimizers)
     if config.online_steps > 0:
         phases["online"] = OnlineLoop(
             task,
@@ -221,6 +253,7 @@ def train(config: TrainConfig) -> Path:
             policy_dir=run_dir / "policies" if config.save_policies else None,
             step_offset=config.offline_steps,
             holdout=holdout,
+            mc_returns=uses_mc_returns,
         ).run()
     _write_summary(run_dir, config, phases)
     return run_dir
@@ -294,7 +327,8 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
     agent = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
     checkpoint = Path(run_dir) / "checkpoints" / "latest"
     capacity = json.loads((checkpoint / "progress.json").read_text())["buffer_capacity"]
-    template = (agent, ReplayBuffer.create(example_transition(env), capacity), jax.random.key(0))
+    example = example_transition(env, getattr(spec.agent_cls, "uses_mc_returns", False))
+    template = (agent, ReplayBuffer.create(example, capacity), jax.random.key(0))
     (_, buffer, _), _ = load_checkpoint(checkpoint, template)
     if int(buffer.size) == buffer.capacity and int(buffer.cursor) != 0:
         raise ValueError(f"{run_dir}: the replay buffer wrapped around; its order is lost")
@@ -302,7 +336,8 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -> None:
-    """summary.json: per phase, the final and best evaluation, updates and time."""
+    """summary.json: per phase, the final and best evaluation, updates and time; with an online
+    phase, the fine-tuning metrics (`o2o.diagnostics.finetune`: dip, recovery, regret)."""
     summary: dict[str, Any] = {"algo": config.algo, "task": config.task, "seed": config.seed}
     for name, progress in phases.items():
         evals = progress.evaluations
@@ -321,6 +356,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
         }
         if name == "online":
             summary |= {"env_steps": progress.env_steps, "best_env_steps": best["env_steps"]}
+            summary |= finetune_metrics(read_metrics(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     last = "" if "online" in phases else "offline_"
     console.print(

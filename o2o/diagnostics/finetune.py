@@ -1,0 +1,57 @@
+"""What fine-tuning costs: the dip at the offline-to-online switch, the time to recover from it,
+and the regret accumulated online.
+
+All are computed from a run's evaluation records (`metrics.jsonl`), on the normalised score:
+- `offline_score`: the last offline evaluation, i.e. the policy at the switch (for a run
+  without an offline phase, the first online evaluation: the untrained policy);
+- `dip`: how far the score falls below `offline_score` during the first `window` fraction
+  of the online phase (0 if it never does). This is the "unlearning" that Cal-QL and
+  RLPD are about;
+- `dip_step`: online environment steps at the bottom of the dip;
+- `recovery_steps`: online environment steps until the score is back at `offline_score`
+  after the bottom (0 without a dip; None if it never recovers within the run);
+- `regret`: the mean over the online evaluations after step 0 of (100 - score) / 100, Cal-QL's
+  cumulative
+  regret on the normalised scale (0 = expert throughout, 1 = random throughout);
+- `q_bias_at_switch`, `holdout_q_bias_at_switch`: Q minus the Monte-Carlo return at the
+  switch, on evaluation rollouts and on held-out dataset episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+DIP_WINDOW = 0.25  # the "first part" of fine-tuning in which the dip is measured
+
+
+def finetune_metrics(records: list[dict[str, Any]], window: float = DIP_WINDOW) -> dict[str, Any]:
+    """Fine-tuning metrics from evaluation records (see the module docstring); {} for a run
+    with no online evaluations after step 0."""
+    offline = [r for r in records if r.get("phase") == "offline"]
+    online = [r for r in records if r.get("phase") == "online"]
+    if len(online) < 2:
+        return {}
+    switch = offline[-1] if offline else online[0]
+    start = switch["normalized_score"]
+    scores = np.array([r["normalized_score"] for r in online], float)
+    steps = np.array([r["env_steps"] for r in online], float)
+    early = steps <= window * steps.max()
+    bottom = int(np.argmin(np.where(early, scores, np.inf)))
+    dip = max(0.0, start - float(scores[bottom]))
+    recovery: float | None = 0.0
+    if dip > 0:
+        regained = np.flatnonzero((scores >= start) & (np.arange(len(scores)) > bottom))
+        recovery = float(steps[regained[0]] - steps[bottom]) if len(regained) else None
+    return {
+        "offline_score": float(start),
+        "final_online_score": float(scores[-1]),
+        "best_online_score": float(scores.max()),
+        "dip": dip,
+        "dip_step": float(steps[bottom]) if dip > 0 else None,
+        "recovery_steps": recovery,
+        "regret": float(np.mean((100.0 - scores[1:]) / 100.0)),
+        "q_bias_at_switch": switch.get("q_bias"),
+        "holdout_q_bias_at_switch": switch.get("holdout_q_bias"),
+    }

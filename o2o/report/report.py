@@ -1,0 +1,190 @@
+"""`o2o report RUN_DIR...`: score and Q-bias over training, and the fine-tuning table, for any
+set of runs, as a self-contained HTML page (plots embedded) and Markdown (plots beside it).
+
+Runs of the same algorithm on the same task are one curve: the mean over seeds, with the
+range between the lowest and highest seed shaded. The x axis puts the switch at 0: offline
+updates count up to it from the left, online environment steps from it to the right, so a run
+with no offline phase (RLPD) lines up with the fine-tuning of the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from o2o.diagnostics.finetune import finetune_metrics
+from o2o.logging import read_metrics
+from o2o.report.tables import markdown_table
+
+PANELS = {
+    "normalized_score": "normalised score",
+    "q_bias": "Q - MC return (evaluation rollouts)",
+    "holdout_q_bias": "Q - MC return (held-out dataset episodes)",
+}
+COLUMNS = {
+    "run": "runs",
+    "seeds": "seeds",
+    "offline_score": "score at switch (offline: final)",
+    "dip": "dip",
+    "recovery_steps": "steps to recover",
+    "final_online_score": "final online",
+    "best_online_score": "best online",
+    "regret": "regret",
+    "q_bias_at_switch": "Q bias at switch",
+    "holdout_q_bias_at_switch": "held-out Q bias at switch",
+}
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """A run's config, evaluation records and fine-tuning metrics, with a clear error for a
+    directory that is not a run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{run_dir}: not a run directory (no config.json); pass directories made by "
+            "`o2o train` or `o2o demo`"
+        )
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir}: metrics.jsonl has no evaluations yet; run it longer")
+    config = json.loads((run_dir / "config.json").read_text())
+    offline_steps = max((r["step"] for r in records if r["phase"] == "offline"), default=0)
+    for r in records:  # the switch at x = 0
+        r["x"] = r["step"] - offline_steps if r["phase"] == "offline" else r["env_steps"]
+    metrics = finetune_metrics(records)
+    if not metrics and offline_steps:  # an offline-only run: its final offline score
+        metrics["offline_score"] = records[-1]["normalized_score"]
+    return {"dir": run_dir, "config": config, "records": records, "metrics": metrics}
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def _groups(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    tasks = {run["config"]["task"] for run in runs}
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        name = run["config"]["algo"]
+        groups[name if len(tasks) == 1 else f"{name} ({run['config']['task']})"].append(run)
+    return dict(groups)
+
+
+def _figure(groups: dict[str, list[dict[str, Any]]], key: str, ylabel: str):
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for label, runs in groups.items():
+        xs = sorted({r["x"] for run in runs for r in run["records"] if key in r})
+        if not xs:
+            continue
+        values = np.full((len(runs), len(xs)), np.nan)
+        for i, run in enumerate(runs):
+            for r in run["records"]:
+                if key in r and r[key] is not None:
+                    values[i, xs.index(r["x"])] = r[key]
+        if np.isnan(values).all():
+            continue
+        with warnings.catch_warnings():  # all-NaN columns (seeds not there yet) plot as gaps
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(values, 0)
+            ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(xs, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.2)
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    if key != "normalized_score":
+        ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="offline updates (< 0) | online environment steps (> 0)", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _table_rows(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for label, runs in groups.items():
+        row: dict[str, Any] = {"run": label, "seeds": len(runs)}
+        for key in COLUMNS:
+            values = [run["metrics"].get(key) for run in runs]
+            values = [v for v in values if v is not None]
+            if key in ("run", "seeds") or not values:
+                continue
+            row[key] = float(np.mean(values))
+            if key == "recovery_steps" and len(values) < len(runs):
+                row[key] = f"{row[key]:.0f} ({len(runs) - len(values)} never)"
+        rows.append(row)
+    return rows
+
+
+def render_report(run_dirs: list[Path], out_dir: Path, title: str = "o2o report") -> Path:
+    """Write OUT_DIR/report.html (self-contained) and OUT_DIR/report.md (with PNGs beside it);
+    returns the HTML path."""
+    runs = [load_run(Path(d)) for d in run_dirs]
+    groups = _groups(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images: list[tuple[str, str, bytes]] = []
+    for key, ylabel in PANELS.items():
+        if not any(_finite(r.get(key)) for run in runs for r in run["records"]):
+            continue  # e.g. Q bias of BC, which has no critic
+        fig = _figure(groups, key, ylabel)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        images.append((key, ylabel, buffer.getvalue()))
+    rows = _table_rows(groups)
+    columns = {k: v for k, v in COLUMNS.items() if any(k in row for row in rows)}
+    table = markdown_table(rows, columns)
+    sources = "\n".join(f"- `{run['dir']}`" for run in runs)
+    explain = (
+        "Dip: the largest fall below the score at the switch in the first quarter of the "
+        "online phase; regret: mean of (100 - score) / 100 over online evaluations; Q bias: "
+        "mean Q(s, a) minus the discounted Monte-Carlo return (negative: pessimistic)."
+    )
+
+    md = [f"# {title}", "", table, explain, ""]
+    for key, ylabel, png in images:
+        (out_dir / f"{key}.png").write_bytes(png)
+        md += [f"## {ylabel}", "", f"![{ylabel}]({key}.png)", ""]
+    md += ["## Runs", "", sources, ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+
+    body = [f"<h1>{html.escape(title)}</h1>", _html_table(rows, columns)]
+    body.append(f"<p>{html.escape(explain)}</p>")
+    for _, ylabel, png in images:
+        data = base64.b64encode(png).decode()
+        body.append(f"<h2>{html.escape(ylabel)}</h2><img src='data:image/png;base64,{data}'>")
+    items = "".join(f"<li><code>{html.escape(str(run['dir']))}</code></li>" for run in runs)
+    body.append(f"<h2>Runs</h2><ul>{items}</ul>")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
+def _html_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.2f}" if isinstance(value, float) else html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
+    lines = [
+        "<tr>" + "".join(f"<td>{cell(row.get(k))}</td>" for k in columns) + "</tr>" for row in rows
+    ]
+    return f"<table><tr>{head}</tr>{''.join(lines)}</table>"

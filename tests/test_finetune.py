@@ -1,0 +1,46 @@
+"""Fine-tuning metrics on synthetic evaluation curves: the dip, recovery and regret."""
+
+import pytest
+
+from o2o.diagnostics.finetune import finetune_metrics
+
+
+def curve(offline, online, every=10, q_bias=-5.0):
+    """Evaluation records: offline scores (updates), then online scores every `every` steps."""
+    records = [{"phase": "offline", "normalized_score": s, "q_bias": q_bias} for s in offline]
+    records += [
+        {"phase": "online", "env_steps": i * every, "normalized_score": s}
+        for i, s in enumerate(online)
+    ]
+    return records
+
+
+def test_dip_recovery_and_regret_by_hand():
+    # 8 online evaluations at 0..70 steps; window 0.25 covers steps <= 17.5: 0 and 10 ...
+    online = [60, 40, 20, 50, 65, 70, 80, 90]
+    m = finetune_metrics(curve([10, 60], online), window=0.5)  # ... here steps <= 35
+    assert m["offline_score"] == 60 and m["dip"] == 40 and m["dip_step"] == 20
+    assert m["recovery_steps"] == 40 - 20  # back at >= 60 at step 40
+    assert m["final_online_score"] == 90 and m["best_online_score"] == 90
+    assert m["regret"] == pytest.approx(sum((100 - s) / 100 for s in online[1:]) / 7)
+    assert m["q_bias_at_switch"] == -5.0 and m["holdout_q_bias_at_switch"] is None
+
+
+def test_the_dip_is_measured_only_in_the_first_part():
+    # The fall at step 60 comes after the first quarter (steps <= 17.5): no dip.
+    m = finetune_metrics(curve([50], [50, 55, 60, 70, 80, 90, 10, 95]))
+    assert m["dip"] == 0 and m["dip_step"] is None and m["recovery_steps"] == 0
+
+
+def test_a_dip_that_never_recovers():
+    m = finetune_metrics(curve([70], [70, 30, 40, 50, 60, 65, 60, 55]), window=0.5)
+    assert m["dip"] == 40 and m["recovery_steps"] is None
+
+
+def test_online_only_run_starts_from_its_first_evaluation():
+    m = finetune_metrics(curve([], [5, 3, 30, 60]), window=1.0)
+    assert m["offline_score"] == 5 and m["dip"] == 2 and m["recovery_steps"] == 10
+
+
+def test_no_online_phase_gives_nothing():
+    assert finetune_metrics(curve([10, 20], [20])) == {}
