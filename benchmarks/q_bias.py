@@ -7,8 +7,8 @@ Each agent trains offline with its reference recipe (`o2o train --offline-steps 
 --online-steps 0`) and is evaluated every `--eval-interval` updates; `q_bias` there is the
 agent's mean Q(s, a) minus the discounted return that followed, on its own evaluation
 rollouts, and `holdout_q_bias` the same on dataset episodes kept out of training (the logged
-actions), both in the environment's reward units. Re-running with the same arguments reuses the
-runs in runs/q_bias/.
+actions), both in the environment's reward scale (the evaluator undoes IQL's reward
+scaling). Re-running with the same arguments reuses the runs in runs/q_bias/.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from o2o.report.tables import markdown_table
-from o2o.train.pipeline import default_config, run_task, train
+from o2o.train.pipeline import default_config, train
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -40,15 +40,8 @@ def run(algo: str, args: argparse.Namespace) -> list[dict]:
         out=Path("runs") / "q_bias" / f"{args.task}-{algo}-{args.steps}-seed{args.seed}",
     )
     run_dir = train(config)
-    transform = run_task(run_dir).reward_transform
-    if transform.shift != 0.0:
-        raise SystemExit(f"{run_dir}: rewards are shifted, so Q cannot be put in reward units")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     records = [r for r in map(json.loads, lines) if "q_bias" in r]
-    for r in records:
-        for key in BIAS_KEYS:
-            if key in r:
-                r[key] /= transform.scale
     return records
 
 

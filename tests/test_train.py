@@ -16,7 +16,9 @@ from o2o.agents.sac import SAC, SACConfig
 from o2o.cli import main
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.data.formats import load_native, save_native
+from o2o.envs.tasks import RewardTransform, get_task
 from o2o.logging import read_metrics
+from o2o.train.evaluate import Evaluator
 from o2o.train.pipeline import load_config, replay_transitions, train
 
 SPACES = (
@@ -357,3 +359,26 @@ def test_switch_hooks_freeze_and_reset_optimizers(tmp_path):
 def tree_equal(a, b) -> bool:
     leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     return all(np.array_equal(x, y) for x, y in leaves)
+
+
+def test_q_bias_is_reported_in_the_environment_reward_scale():
+    # Two terminating held-out episodes of 5 steps with reward 1, learned at 4x the scale.
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(2, 6, 11)).astype(np.float32)
+    holdout = Dataset.from_arrays(
+        {
+            "observations": states[:, :-1].reshape(-1, 11),
+            "actions": rng.uniform(-1, 1, (10, 3)).astype(np.float32),
+            "rewards": np.ones(10, np.float32),
+            "next_observations": states[:, 1:].reshape(-1, 11),
+            "terminals": np.tile(np.arange(5) == 4, 2),
+        }
+    )
+    task = dataclasses.replace(get_task("hopper"), reward_transform=RewardTransform(4.0))
+    env = task.make_env()
+    agent = SAC.create(SACConfig(hidden_dims=(8,)), env.observation_space, env.action_space, 0)
+    metrics = Evaluator(task, 1, seed=0, gamma=0.5, holdout=holdout)(agent)
+    to_go = (1 - 0.5 ** np.arange(5, 0, -1)) / (1 - 0.5)  # env units: 1 per step
+    assert metrics["holdout_q_mc_mean"] == pytest.approx(to_go.mean(), rel=1e-5)
+    q = np.asarray(agent.q_values(holdout.observations, holdout.actions))
+    assert metrics["holdout_q_pred_mean"] == pytest.approx(q.mean() / 4, rel=1e-4)

@@ -107,7 +107,9 @@ def _figure(groups: dict[str, list[dict[str, Any]]], key: str, ylabel: str):
     return fig
 
 
-def _table_rows(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], dict]:
+    """One row per group, each metric's mean over seeds (with the std when there are several),
+    and the columns that have values."""
     rows = []
     for label, runs in groups.items():
         row: dict[str, Any] = {"run": label, "seeds": len(runs)}
@@ -116,11 +118,17 @@ def _table_rows(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
             values = [v for v in values if v is not None]
             if key in ("run", "seeds") or not values:
                 continue
-            row[key] = float(np.mean(values))
+            mean = float(np.mean(values))
+            row[key] = f"{mean:.1f} ± {np.std(values):.1f}" if len(runs) > 1 else mean
             if key == "recovery_steps" and len(values) < len(runs):
-                row[key] = f"{row[key]:.0f} ({len(runs) - len(values)} never)"
+                row[key] = f"{mean:.0f} ({len(runs) - len(values)} never)"
         rows.append(row)
-    return rows
+    return rows, {k: v for k, v in COLUMNS.items() if any(k in row for row in rows)}
+
+
+def fine_tuning_table(run_dirs: list[Path]) -> str:
+    """The report's table (Markdown) for a set of runs."""
+    return markdown_table(*_table(_groups([load_run(Path(d)) for d in run_dirs])))
 
 
 def render_report(run_dirs: list[Path], out_dir: Path, title: str = "o2o report") -> Path:
@@ -139,8 +147,7 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str = "o2o report"
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
         images.append((key, ylabel, buffer.getvalue()))
-    rows = _table_rows(groups)
-    columns = {k: v for k, v in COLUMNS.items() if any(k in row for row in rows)}
+    rows, columns = _table(groups)
     table = markdown_table(rows, columns)
     sources = "\n".join(f"- `{run['dir']}`" for run in runs)
     explain = (

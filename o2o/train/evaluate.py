@@ -60,7 +60,7 @@ class Evaluator:
         if self.holdout is not None:
             obs, act, q_mc, valid = self.holdout
             q_pred = np.asarray(_q(agent, jnp.asarray(obs), jnp.asarray(act)))[: len(q_mc)]
-            stats = q_bias_stats(q_pred, q_mc, valid)
+            stats = self._in_reward_scale(q_bias_stats(q_pred, q_mc, valid))
             metrics |= {f"holdout_{k}": v for k, v in stats.items()}
         return metrics
 
@@ -100,7 +100,13 @@ class Evaluator:
         q_mc = discounted_returns(self.task.reward_transform(rew), ends, self.gamma)
         q_pred = np.asarray(_q(agent, jnp.asarray(_pad(obs)), jnp.asarray(_pad(act))))[: len(rew)]
         valid = valid_for_bias(lengths, list(terminated), self.gamma)
-        return q_bias_stats(q_pred, q_mc, valid)
+        return self._in_reward_scale(q_bias_stats(q_pred, q_mc, valid))
+
+    def _in_reward_scale(self, stats: dict[str, float]) -> dict[str, float]:
+        """Q and the returns are compared in the units the agent learned in; report them in
+        the environment's reward scale (IQL's 1000 / return range undone), so agents compare.
+        A reward shift (sparse tasks' r - 1) stays in both, and cancels in the bias."""
+        return {k: v / self.task.reward_transform.scale for k, v in stats.items()}
 
 
 def _holdout(task: Task, holdout: Dataset, gamma: float) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,113 @@
+"""Offline-to-online benchmark: CQL, Cal-QL, IQL and AWAC pre-trained then fine-tuned, and RLPD
+from scratch with the data mixed in, on generated datasets, several seeds. Writes
+benchmarks/results/finetune_NAME.{json,md} and, per dataset, a report (score and Q bias over
+steps, the dip table) in benchmarks/results/finetune_NAME/DATASET/.
+
+    python benchmarks/finetune.py --name small --datasets hopper-medium pointmaze-umaze \\
+        --seeds 0 1 2 --offline-steps 20000 --online-steps 20000
+
+Each run is `o2o train --algo A --task DATASET --offline-steps N --online-steps M --seed S`
+(RLPD: no offline steps) with the agent's reference recipe; on sparse tasks (PointMaze) the
+sparse presets (`CQL_ANTMAZE`, `CALQL_ANTMAZE`, `IQL_ANTMAZE`, `AWAC_ANTMAZE`). Finished runs in
+runs/bench_finetune/ are reused, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from o2o.agents.awac import AWAC_ANTMAZE
+from o2o.agents.calql import CALQL_ANTMAZE
+from o2o.agents.cql import CQL_ANTMAZE
+from o2o.agents.iql import IQL_ANTMAZE
+from o2o.envs.tasks import parse_task
+from o2o.report.report import fine_tuning_table, render_report
+from o2o.train.pipeline import default_config, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path("runs") / "bench_finetune"
+SPARSE_PRESETS = {
+    "cql": CQL_ANTMAZE,
+    "calql": CALQL_ANTMAZE,
+    "iql": IQL_ANTMAZE,
+    "awac": AWAC_ANTMAZE,
+}
+
+
+def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
+    """Train (or reuse) one run; its directory."""
+    task, _ = parse_task(dataset)
+    offline_steps = 0 if algo == "rlpd" else args.offline_steps
+    out = RUNS / f"{dataset}-{algo}-{offline_steps}-{args.online_steps}-seed{seed}"
+    config = default_config(
+        algo,
+        task=dataset,
+        dataset_size=args.size,
+        offline_steps=offline_steps,
+        online_steps=args.online_steps,
+        seed=seed,
+        eval_interval=args.eval_interval,
+        eval_episodes=args.eval_episodes,
+        out=out,
+    )
+    agent = SPARSE_PRESETS.get(algo, config.agent) if task.success_metric else config.agent
+    if algo == "rlpd":
+        agent = dataclasses.replace(agent, start_steps=args.rlpd_start_steps)
+    if algo == "iql" and agent.decay_steps is not None:
+        agent = dataclasses.replace(agent, decay_steps=offline_steps)  # cosine over the budget
+    if not (out / "summary.json").exists():
+        train(dataclasses.replace(config, agent=agent))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--datasets", nargs="+", default=["hopper-medium", "pointmaze-umaze"])
+    parser.add_argument("--algos", nargs="+", default=["cql", "calql", "iql", "awac", "rlpd"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--offline-steps", type=int, default=20_000)
+    parser.add_argument("--online-steps", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=100_000, help="transitions per dataset")
+    parser.add_argument("--eval-interval", type=int, default=2_000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--rlpd-start-steps", type=int, default=5_000)
+    args = parser.parse_args()
+    command = (
+        f"python benchmarks/finetune.py --name {args.name} --datasets {' '.join(args.datasets)} "
+        f"--algos {' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))} "
+        f"--offline-steps {args.offline_steps} --online-steps {args.online_steps} --size "
+        f"{args.size} --eval-interval {args.eval_interval} --eval-episodes "
+        f"{args.eval_episodes} --rlpd-start-steps {args.rlpd_start_steps}"
+    )
+    runs: dict[str, list[str]] = {}
+    for dataset in args.datasets:
+        for algo in args.algos:  # algorithm-major within a dataset: whole rows first
+            for seed in args.seeds:
+                runs.setdefault(dataset, []).append(str(run(dataset, algo, seed, args)))
+    stem = RESULTS / f"finetune_{args.name}"
+    sections = []
+    for dataset, run_dirs in runs.items():
+        report = render_report(run_dirs, stem / dataset, title=f"Fine-tuning on {dataset}")
+        link = report.with_suffix(".md").relative_to(RESULTS)
+        sections.append(f"## {dataset} ([report]({link}))\n\n{fine_tuning_table(run_dirs)}")
+    summaries = {
+        d: [json.loads((Path(r) / "summary.json").read_text()) for r in rs]
+        for d, rs in runs.items()
+    }
+    stem.with_suffix(".json").write_text(
+        json.dumps({"command": command, "runs": summaries}, indent=1)
+    )
+    title = (
+        f"# Offline-to-online: {args.offline_steps} offline updates, {args.online_steps} online "
+        f"steps, {len(args.seeds)} seeds"
+    )
+    stem.with_suffix(".md").write_text(f"{title}\n\n`{command}`\n\n" + "\n".join(sections))
+    print(f"wrote {stem}.{{json,md}} and the reports in {stem}/")
+
+
+if __name__ == "__main__":
+    main()
