@@ -50,10 +50,10 @@ commands:
 # The demo's budget: minutes on 2 CPU cores. Reference recipes, except narrower networks,
 # fewer steps and RLPD's warm-up (5,000 random steps in the recipe).
 DEMO_DATASET_SIZE = 100_000
-DEMO_OFFLINE_STEPS = 3000
-DEMO_ONLINE_STEPS = 2500
+DEMO_OFFLINE_STEPS = 1500
+DEMO_ONLINE_STEPS = 1000
 DEMO_HIDDEN = (128, 128)
-DEMO_RLPD_START_STEPS = 1000
+DEMO_RLPD_START_STEPS = 500
 
 
 def train_command(argv: list[str]) -> Path:
@@ -87,7 +87,7 @@ def demo_command(argv: list[str]) -> Path:
     parser.add_argument("--online-steps", type=int, default=DEMO_ONLINE_STEPS)
     parser.add_argument("--hidden", type=int, nargs="+", default=list(DEMO_HIDDEN))
     parser.add_argument("--rlpd-start-steps", type=int, default=DEMO_RLPD_START_STEPS)
-    parser.add_argument("--eval-interval", type=int, default=500)
+    parser.add_argument("--eval-interval", type=int, default=250)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
