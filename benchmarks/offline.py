@@ -41,7 +41,7 @@ from o2o.data.formats import save_native
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import parse_task
 from o2o.logging import read_metrics
-from o2o.report.tables import markdown_table
+from o2o.report.tables import markdown_table, mean_std
 from o2o.train.evaluate import Evaluator
 from o2o.train.pipeline import default_config, hold_out_episodes, train
 
@@ -136,10 +136,6 @@ def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namesp
         result |= {"return": float(returns.mean()), "score": task.normalize(returns.mean())}
         path.write_text(json.dumps(result, indent=1))
     return json.loads(path.read_text())
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
 def main() -> None:

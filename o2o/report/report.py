@@ -23,7 +23,7 @@ import numpy as np
 
 from o2o.diagnostics.finetune import finetune_metrics
 from o2o.logging import read_metrics
-from o2o.report.tables import markdown_table
+from o2o.report.tables import markdown_table, mean_std
 
 PANELS = {
     "normalized_score": "normalised score",
@@ -119,7 +119,7 @@ def _table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]
             if key in ("run", "seeds") or not values:
                 continue
             mean = float(np.mean(values))
-            row[key] = f"{mean:.1f} ± {np.std(values):.1f}" if len(runs) > 1 else mean
+            row[key] = mean_std(values) if len(runs) > 1 else mean
             if key == "recovery_steps" and len(values) < len(runs):
                 row[key] = f"{mean:.0f} ({len(runs) - len(values)} never)"
         rows.append(row)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +36,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """'mean ± std' over seeds, one decimal."""
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
