@@ -17,7 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
+
+# One core for the benchmark: set before JAX starts its CPU client.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
 
 from o2o.agents.awac import AWAC_ANTMAZE
 from o2o.agents.calql import CALQL_ANTMAZE
@@ -41,7 +47,8 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
     """Train (or reuse) one run; its directory."""
     task, _ = parse_task(dataset)
     offline_steps = 0 if algo == "rlpd" else args.offline_steps
-    out = RUNS / f"{dataset}-{algo}-{offline_steps}-{args.online_steps}-seed{seed}"
+    width = "x".join(map(str, args.hidden))
+    out = RUNS / f"{dataset}-{algo}-{width}-{offline_steps}-{args.online_steps}-seed{seed}"
     config = default_config(
         algo,
         task=dataset,
@@ -54,6 +61,7 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
         out=out,
     )
     agent = SPARSE_PRESETS.get(algo, config.agent) if task.success_metric else config.agent
+    agent = dataclasses.replace(agent, hidden_dims=tuple(args.hidden))
     if algo == "rlpd":
         agent = dataclasses.replace(agent, start_steps=args.rlpd_start_steps)
     if algo == "iql" and agent.decay_steps is not None:
@@ -72,6 +80,7 @@ def main() -> None:
     parser.add_argument("--offline-steps", type=int, default=20_000)
     parser.add_argument("--online-steps", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=100_000, help="transitions per dataset")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--eval-interval", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--rlpd-start-steps", type=int, default=5_000)
@@ -80,14 +89,20 @@ def main() -> None:
         f"python benchmarks/finetune.py --name {args.name} --datasets {' '.join(args.datasets)} "
         f"--algos {' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))} "
         f"--offline-steps {args.offline_steps} --online-steps {args.online_steps} --size "
-        f"{args.size} --eval-interval {args.eval_interval} --eval-episodes "
+        f"{args.size} --hidden {' '.join(map(str, args.hidden))} --eval-interval "
+        f"{args.eval_interval} --eval-episodes "
         f"{args.eval_episodes} --rlpd-start-steps {args.rlpd_start_steps}"
     )
     runs: dict[str, list[str]] = {}
-    for dataset in args.datasets:
-        for algo in args.algos:  # algorithm-major within a dataset: whole rows first
-            for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: an interrupted benchmark has every row, fewer seeds
+        for dataset in args.datasets:
+            for algo in args.algos:
                 runs.setdefault(dataset, []).append(str(run(dataset, algo, seed, args)))
+                write_results(runs, args, command)
+
+
+def write_results(runs: dict[str, list[str]], args: argparse.Namespace, command: str) -> None:
+    """The table, summaries and per-dataset reports of the runs finished so far."""
     stem = RESULTS / f"finetune_{args.name}"
     sections = []
     for dataset, run_dirs in runs.items():
@@ -103,7 +118,8 @@ def main() -> None:
     )
     title = (
         f"# Offline-to-online: {args.offline_steps} offline updates, {args.online_steps} online "
-        f"steps, {len(args.seeds)} seeds"
+        f"steps, seeds {' '.join(map(str, args.seeds))} (the seeds column: how many finished), "
+        f"networks {'x'.join(map(str, args.hidden))}"
     )
     stem.with_suffix(".md").write_text(f"{title}\n\n`{command}`\n\n" + "\n".join(sections))
     print(f"wrote {stem}.{{json,md}} and the reports in {stem}/")

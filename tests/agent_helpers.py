@@ -48,3 +48,41 @@ def sgd(state):
     """The same TrainState under plain SGD at rate 1, so a step is exactly minus the gradient."""
     tx = optax.sgd(1.0)
     return state.replace(tx=tx, opt_state=tx.init(state.params))
+
+
+BIMODAL_MODES = (-0.8, 0.8)
+
+
+def bimodal_batch(key, n: int = 256, utd: int = 1, explore: float = 0.3) -> dict:
+    """A one-step task whose optimal action is bimodal, as a jnp batch [utd, n, ...].
+
+    Observations are N(0, I) in 3-d and irrelevant; the episode ends after one step (mask 0).
+    Reward 1 when both action coordinates lie within 0.2 of the same mode, -0.8 or +0.8, else 0.
+    A fraction `explore` of rows takes uniform random actions (so a critic sees bad actions);
+    the rest take a mode (chosen by a coin) plus N(0, 0.05) noise. A Gaussian policy fitted
+    to this data puts its mean near 0, between the modes, and scores about 0."""
+    import jax
+    import jax.numpy as jnp
+
+    k_obs, k_mode, k_noise, k_rand, k_explore = jax.random.split(key, 5)
+    shape = (utd, n)
+    mode = jnp.where(jax.random.bernoulli(k_mode, 0.5, shape), 0.8, -0.8)[..., None]
+    actions = jnp.clip(mode + 0.05 * jax.random.normal(k_noise, (*shape, 2)), -1, 1)
+    random = jax.random.uniform(k_rand, (*shape, 2), minval=-1, maxval=1)
+    actions = jnp.where(jax.random.bernoulli(k_explore, explore, shape)[..., None], random, actions)
+    observations = jax.random.normal(k_obs, (*shape, 3))
+    return {
+        "observations": observations,
+        "actions": actions,
+        "rewards": bimodal_reward(actions),
+        "next_observations": observations,
+        "masks": jnp.zeros(shape),
+    }
+
+
+def bimodal_reward(actions):
+    """1 where both coordinates are within 0.2 of the same mode (-0.8 or +0.8), else 0."""
+    import jax.numpy as jnp
+
+    near = [jnp.all(jnp.abs(actions - m) < 0.2, axis=-1) for m in BIMODAL_MODES]
+    return (near[0] | near[1]).astype(jnp.float32)

@@ -1,6 +1,15 @@
 """Agents: one file per algorithm, registered by name."""
 
-from o2o.agents import awac, bc, calql, cql, iql, sac, td3bc  # noqa: F401  (each registers its algorithms)
+from o2o.agents import (  # noqa: F401  (each registers its algorithms)
+    awac,
+    bc,
+    calql,
+    cql,
+    flow_bc,
+    iql,
+    sac,
+    td3bc,
+)
 from o2o.agents.base import AGENTS, get_agent
 
 __all__ = ["AGENTS", "get_agent"]

@@ -1,5 +1,6 @@
-"""Policy heads: the tanh-squashed Gaussian of SAC, IQL's Gaussian with a tanh mean, and their
-log-likelihoods of dataset actions."""
+"""Policy heads: the tanh-squashed Gaussian of SAC, IQL's Gaussian with a tanh mean, their
+log-likelihoods of dataset actions, and flow-matching policies (velocity field, loss, Euler
+sampling)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,51 @@ def clipped_gaussian_sample(
         return mean
     noise = jax.random.normal(key, mean.shape)
     return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
+
+
+class FlowField(nn.Module):
+    """A flow policy's network: the velocity v(s, x, t) of a flow from Gaussian noise to
+    actions (flow matching), or, called without `t`, a one-step map (s, z) -> action (FQL's
+    distilled policy). Inputs are concatenated into one MLP, as seohongpark/fql's
+    `ActorVectorField`; `t` enters as one scalar feature."""
+
+    action_dim: int
+    hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(
+        self, observations: jax.Array, x: jax.Array, t: jax.Array | None = None
+    ) -> jax.Array:
+        inputs = [observations, x] if t is None else [observations, x, t[..., None]]
+        h = MLP(self.hidden_dims, activate_final=True, layer_norm=self.layer_norm)(
+            jnp.concatenate(inputs, axis=-1)
+        )
+        return nn.Dense(self.action_dim, kernel_init=default_init())(h)
+
+
+def flow_matching_loss(
+    apply_fn, params, observations: jax.Array, actions: jax.Array, key: jax.Array
+) -> jax.Array:
+    """Conditional flow matching on the straight path x_t = (1 - t) x_0 + t a, x_0 ~ N(0, I),
+    t ~ U[0, 1]: the squared error of v(s, x_t, t) against a - x_0, per row and action
+    dimension (shape of `actions`), so callers can mask steps or weight rows."""
+    key_noise, key_t = jax.random.split(key)
+    x0 = jax.random.normal(key_noise, actions.shape)
+    t = jax.random.uniform(key_t, actions.shape[:-1])
+    x_t = (1.0 - t[..., None]) * x0 + t[..., None] * actions
+    return (apply_fn(params, observations, x_t, t) - (actions - x0)) ** 2
+
+
+def flow_actions(
+    apply_fn, params, observations: jax.Array, noise: jax.Array, steps: int
+) -> jax.Array:
+    """Actions from integrating the velocity field from `noise` (t = 0) to t = 1 with `steps`
+    Euler steps, clipped to [-1, 1] (seohongpark/fql `compute_flow_actions`)."""
+
+    def euler(x, i):
+        t = jnp.full(x.shape[:-1], i / steps, x.dtype)
+        return x + apply_fn(params, observations, x, t) / steps, None
+
+    x, _ = jax.lax.scan(euler, noise, jnp.arange(steps))
+    return jnp.clip(x, -1.0, 1.0)
