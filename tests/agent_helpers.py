@@ -57,7 +57,8 @@ def bimodal_batch(key, n: int = 256, utd: int = 1, explore: float = 0.3) -> dict
     """A one-step task whose optimal action is bimodal, as a jnp batch [utd, n, ...].
 
     Observations are N(0, I) in 3-d and irrelevant; the episode ends after one step (mask 0).
-    Reward 1 when both action coordinates lie within 0.2 of the same mode, -0.8 or +0.8, else 0.
+    Reward 1 when both action coordinates lie within 0.25 of the same mode, -0.8 or +0.8, else 0
+    (the bound 1 is inside the zone: float rounding at the zone's edge decides nothing).
     A fraction `explore` of rows takes uniform random actions (so a critic sees bad actions);
     the rest take a mode (chosen by a coin) plus N(0, 0.05) noise. A Gaussian policy fitted
     to this data puts its mean near 0, between the modes, and scores about 0."""
@@ -81,8 +82,8 @@ def bimodal_batch(key, n: int = 256, utd: int = 1, explore: float = 0.3) -> dict
 
 
 def bimodal_reward(actions):
-    """1 where both coordinates are within 0.2 of the same mode (-0.8 or +0.8), else 0."""
+    """1 where both coordinates are within 0.25 of the same mode (-0.8 or +0.8), else 0."""
     import jax.numpy as jnp
 
-    near = [jnp.all(jnp.abs(actions - m) < 0.2, axis=-1) for m in BIMODAL_MODES]
+    near = [jnp.all(jnp.abs(actions - m) < 0.25, axis=-1) for m in BIMODAL_MODES]
     return (near[0] | near[1]).astype(jnp.float32)

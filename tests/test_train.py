@@ -246,7 +246,8 @@ def test_every_agent_runs_offline_then_online_from_the_cli(tmp_path, algo):
     out, path = tmp_path / "run", _hopper_dataset(tmp_path)
     run(
         f"--algo {algo} --task hopper --dataset {path} --offline-steps 20 --online-steps 10 "
-        f"--eval-interval 10 --agent.start-steps 5 --agent.utd-ratio 1 --out {out}"
+        f"--eval-interval 10 --eval-episodes 2 --agent.start-steps 5 --agent.utd-ratio 1 "
+        f"--out {out}"
     )
     phases = [r["phase"] for r in read_metrics(out)]
     assert phases == ["offline"] * 3 + ["online"] * 2
