@@ -67,8 +67,8 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
     if algo == "iql" and agent.decay_steps is not None:
         agent = dataclasses.replace(agent, decay_steps=offline_steps)  # cosine over the budget
     # IQL's reference fine-tuning appends online transitions to the buffer holding the dataset
-    # (ikostrikov/implicit_q_learning `train_finetune.py`): uniform over the union. Its preset's
-    # `offline_ratio` 1.0 would keep online batches on the dataset alone.
+    # (ikostrikov/implicit_q_learning `train_finetune.py`): uniform over the union, not the
+    # preset's fixed `offline_ratio` stand-in.
     data_mix = "proportional" if algo == "iql" else config.data_mix
     if not (out / "summary.json").exists():
         train(dataclasses.replace(config, agent=agent, data_mix=data_mix))

@@ -97,3 +97,70 @@ def test_sampler_proportional_to_sizes():
     assert float(sample(online)["src"].sum()) == 75.0  # 300 / (300 + 100)
     with pytest.raises(ValueError, match="not both"):
         MixedSampler.create(offline, schedule=optax.constant_schedule(0.5), proportional=True)
+
+
+def window_buffer() -> ReplayBuffer:
+    """A ring of 8 rows after 10 insertions (t = 0..9; rows hold t = 2..9, t = 8 and 9 wrapped
+    to rows 0 and 1): a terminal at t = 3, a timeout at t = 6, the episode from t = 7 still
+    running. Observation t, action (t, 10 + t), reward t + 1, next observation t + 0.5."""
+    example = {
+        "observations": np.zeros(1, np.float32),
+        "actions": np.zeros(2, np.float32),
+        "rewards": np.float32(0),
+        "next_observations": np.zeros(1, np.float32),
+        "masks": np.float32(0),
+        "ends": np.float32(0),
+    }
+    buf = ReplayBuffer.create(example, capacity=8)
+    for t in range(10):
+        buf = buf.add(
+            {
+                "observations": [t],
+                "actions": [t, 10 + t],
+                "rewards": t + 1,
+                "next_observations": [t + 0.5],
+                "masks": float(t != 3),
+                "ends": float(t in (3, 6)),
+            }
+        )
+    return buf
+
+
+# Window start t -> (valid, rewards, mask at the chunk's end, next observation), horizon 3.
+WINDOWS = {
+    2: ([1, 1, 0], [3, 4, 0], 0, 3.5),  # the terminal at t = 3 ends it: no bootstrap
+    3: ([1, 0, 0], [4, 0, 0], 0, 3.5),
+    4: ([1, 1, 1], [5, 6, 7], 1, 6.5),  # ends at its last step, a timeout: bootstrap
+    5: ([1, 1, 0], [6, 7, 0], 1, 6.5),
+    6: ([1, 0, 0], [7, 0, 0], 1, 6.5),
+    7: ([1, 1, 1], [8, 9, 10], 1, 9.5),  # across the ring's wrap-around (rows 7, 0, 1)
+    8: ([1, 1, 0], [9, 10, 0], 1, 9.5),  # t = 10 was never written (its row holds t = 2)
+    9: ([1, 0, 0], [10, 0, 0], 1, 9.5),
+}
+
+
+def test_windows_by_hand_with_terminal_timeout_and_wrap_around():
+    batch = jax.jit(lambda b: b.sample(jax.random.key(0), 400, horizon=3))(window_buffer())
+    starts = np.asarray(batch["observations"][:, 0]).astype(int)
+    assert set(starts.tolist()) == set(WINDOWS)  # every stored row starts windows, no other
+    for t, (valid, rewards, mask, next_obs) in WINDOWS.items():
+        row = int(np.flatnonzero(starts == t)[0])
+        np.testing.assert_array_equal(batch["valid"][row], valid)
+        np.testing.assert_array_equal(batch["rewards"][row], rewards)
+        assert float(batch["masks"][row]) == mask
+        assert float(batch["next_observations"][row, 0]) == next_obs
+        expected = [[s, 10 + s] for s in range(t, min(t + 3, 10))]
+        np.testing.assert_array_equal(batch["actions"][row, : len(expected)], expected)
+
+
+def test_windows_through_the_mixed_sampler_and_without_episode_ends():
+    online = window_buffer()
+    offline = online.replace(data=online.data | {"observations": online.data["observations"] + 100})
+    sampler = MixedSampler.create(offline, 0.25)
+    batch = sampler.sample_minibatches(jax.random.key(0), online, 2, 8, jnp.int32(0), 3)
+    assert batch["actions"].shape == (2, 8, 3, 2) and batch["valid"].shape == (2, 8, 3)
+    from_offline = np.asarray(batch["observations"][..., 0]) >= 100
+    assert from_offline.sum() == 4  # round(0.25 * 16)
+    no_ends = ReplayBuffer.from_arrays({"x": np.zeros(4, np.float32)})
+    with pytest.raises(ValueError, match="ends"):
+        no_ends.sample(jax.random.key(0), 4, horizon=2)

@@ -51,7 +51,7 @@ def test_presets_are_the_reference_recipes():
         max_weight=100.0,
         batch_size=256,
         utd_ratio=1,
-        offline_ratio=1.0,
+        offline_ratio=0.5,  # stand-in for the reference's one shared buffer (module notes)
         start_steps=0,
     )
     assert {k: getattr(IQL_LOCOMOTION, k) for k in reference} == reference

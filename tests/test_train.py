@@ -148,6 +148,7 @@ def test_dataset_with_wrong_action_range_is_rejected(tmp_path, capsys):
     [
         (["--algo", "nope"], "unknown algorithm 'nope'"),
         (["--algo", "sac", "--task", "marsrover"], "unknown task 'marsrover'"),
+        (["--algo", "qc", "--save-policies"], "qc's actor is not one: drop --save-policies"),
     ],
 )
 def test_unknown_names_give_clear_errors(args, message, capsys, tmp_path):
@@ -252,6 +253,7 @@ def test_every_agent_runs_offline_then_online_from_the_cli(tmp_path, algo):
     phases = [r["phase"] for r in read_metrics(out)]
     assert phases == ["offline"] * 3 + ["online"] * 2
     assert summary(out)["offline_updates"] == 20 and summary(out)["env_steps"] == 10
+    hash(load_config(out).agent)  # static under jit: JSON lists must come back as tuples
 
 
 def test_iql_scales_rewards_by_the_dataset_return_range_offline_and_online(tmp_path):

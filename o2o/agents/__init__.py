@@ -7,7 +7,9 @@ from o2o.agents import (  # noqa: F401  (each registers its algorithms)
     cql,
     flow_bc,
     fql,
+    idql,
     iql,
+    qc,
     sac,
     td3bc,
 )

@@ -7,6 +7,10 @@ An agent is an immutable pytree (`flax.struct.PyTreeNode`); see DESIGN.md:
 - `sample_actions(obs, key, deterministic)` acts;
 - `q_values(obs, actions)` feeds the Q-bias diagnostics;
 - `on_switch(config)` applies what changes at the offline-to-online switch.
+
+Chunked agents (QC) set `horizon` on their config: `sample_actions` returns that many actions
+flattened step-major, [..., horizon * A], executed open-loop; `q_values` takes such chunks;
+batches are windows of `horizon` steps (`o2o.data.buffer.ReplayBuffer.sample_windows`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ class AgentConfig(Protocol):
     offline_ratio: float
     start_steps: int
     discount: float
+
+
+def chunk_horizon(config: Any) -> int:
+    """Actions per chunk of an agent with this config: its `horizon`, 1 for single-step agents."""
+    return getattr(config, "horizon", 1)
 
 
 class Agent(Protocol):

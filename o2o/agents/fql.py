@@ -40,7 +40,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from o2o.agents.base import compiled_create, register, scan_update_steps
-from o2o.nets.ensemble import StateActionValue, ensemble_state
+from o2o.nets.ensemble import StateActionValue, ensemble_state, reduce_members
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
 
@@ -125,7 +125,8 @@ class FQL(flax.struct.PyTreeNode):
         )
 
     def _aggregate(self, qs: jax.Array) -> jax.Array:
-        return qs.mean(0) if self.config.q_agg == "mean" else qs.min(0)
+        """The critics' outputs [members, ...] reduced by `q_agg`."""
+        return reduce_members(qs, self.config.q_agg)
 
     def _one_step(self, params, observations: jax.Array, noise: jax.Array) -> jax.Array:
         return jnp.clip(self.actor.apply_fn(params, observations, noise), -1.0, 1.0)

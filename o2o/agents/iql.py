@@ -25,6 +25,10 @@ Choices and deviations:
   (`opt_decay_schedule = None`). Without the constant tail the actor would fine-tune online
   at learning rate 0; with it `on_switch` needs to change nothing.
 - Initialisation: o2o's MLP (Xavier-uniform), not the reference's orthogonal(sqrt 2).
+- Data online: the reference's `train_finetune.py` appends online transitions to the buffer
+  holding the dataset and samples the union uniformly (`--data-mix proportional` does that).
+  The default is `offline_ratio` 0.5, AWAC's stand-in for the same design: with a 1M-row
+  dataset the union would keep online data under 1% of a batch for o2o's shorter budgets.
 - Observations are left raw, as the reference (CORL's IQL standardises them:
   `--agent.normalize-observations` does that).
 - Several minibatches per call run in `jax.lax.scan`, each a full IQL step.
@@ -64,7 +68,7 @@ class IQLConfig:
     max_weight: float = 100.0  # clip of exp(beta A)
     batch_size: int = 256
     utd_ratio: int = 1
-    offline_ratio: float = 1.0
+    offline_ratio: float = 0.5
     start_steps: int = 0
     reward_scale_by_return_range: bool = True  # r * 1000 / (max - min dataset episode return)
     normalize_observations: bool = False  # states standardised by the dataset's mean and std

@@ -4,6 +4,10 @@
 environment step, its insertion and a whole block of gradient updates run in one jitted call.
 `MixedSampler` draws each batch from offline and online data at any ratio, or a ratio
 scheduled over steps, without recompiling when the ratio changes.
+
+Chunked agents (QC: a `horizon` > 1 on their config) sample windows of `horizon` consecutive
+rows instead of single transitions (`ReplayBuffer.sample_windows`); their buffers carry an
+`ends` field, 1 at the last step of each episode (terminal, timeout or broken trajectory).
 """
 
 from __future__ import annotations
@@ -66,8 +70,51 @@ class ReplayBuffer(flax.struct.PyTreeNode):
         """`n` row indices drawn uniformly, with replacement, from the valid rows."""
         return jax.random.randint(key, (n,), 0, jnp.maximum(self.size, 1))
 
-    def sample(self, key: jax.Array, n: int) -> Batch:
+    def sample(self, key: jax.Array, n: int, horizon: int = 1) -> Batch:
+        """`n` transitions, or with `horizon` > 1 `n` windows (`sample_windows`)."""
+        if horizon > 1:
+            return self.sample_windows(key, n, horizon)
         return self.gather(self.sample_indices(key, n))
+
+    def sample_windows(self, key: jax.Array, n: int, horizon: int) -> Batch:
+        """`n` windows of `horizon` consecutive rows in insertion order (across the ring's
+        wrap-around), their starts drawn uniformly from the valid rows. Per window:
+
+        - `observations` [n, obs]: the first step's observation;
+        - `actions` [n, h, A]: the logged actions of the h steps;
+        - `valid` [n, h]: 1 at step i unless an episode ended at a step before i or row i was
+          never written (past the newest row);
+        - `rewards` [n, h]: the steps' rewards, 0 where not valid (undiscounted: the agent
+          applies its own discount);
+        - `masks` [n]: the bootstrap mask at the chunk's end, the min over the valid steps'
+          masks (0 if a terminal ends the chunk);
+        - `next_observations` [n, obs]: the next observation of the last valid step, which is
+          s_{t+h} when every step is valid;
+        - any other field (e.g. `mc_returns`): the first step's.
+
+        Actions of steps that are not valid are whatever rows follow: weight them out.
+        """
+        if "ends" not in self.data:
+            raise ValueError(
+                "sampling windows of consecutive rows needs an `ends` field (1 at each "
+                "episode's last step) in the buffer"
+            )
+        oldest = (self.cursor - self.size) % self.capacity
+        steps = self.sample_indices(key, n)[:, None] + jnp.arange(horizon)  # insertion order
+        rows = (oldest + steps) % self.capacity
+        written = steps < self.size
+        ends = self.data["ends"][rows] > 0
+        ended_before = jnp.cumsum(ends, axis=1) - ends > 0
+        valid = written & ~ended_before
+        last = rows[jnp.arange(n), valid.sum(1) - 1]
+        start = self.gather(rows[:, 0])
+        return start | {
+            "actions": self.data["actions"][rows],
+            "valid": valid.astype(jnp.float32),
+            "rewards": jnp.where(valid, self.data["rewards"][rows], 0.0),
+            "masks": jnp.where(valid, self.data["masks"][rows], 1.0).min(1),
+            "next_observations": self.data["next_observations"][last],
+        }
 
     def grown(self, capacity: int) -> ReplayBuffer:
         """A larger buffer holding the same transitions, oldest first (host-side copy)."""
@@ -131,15 +178,18 @@ class MixedSampler(flax.struct.PyTreeNode):
             return jnp.clip(jnp.asarray(self.schedule(step), jnp.float32), 0.0, 1.0)
         return self.offline_ratio
 
-    def sample(self, key: jax.Array, online: ReplayBuffer, n: int, step: jax.Array) -> Batch:
-        """`n` rows: the first round(ratio * n) from offline data, the rest from online."""
+    def sample(
+        self, key: jax.Array, online: ReplayBuffer, n: int, step: jax.Array, horizon: int = 1
+    ) -> Batch:
+        """`n` rows (windows, with `horizon` > 1): the first round(ratio * n) from offline data,
+        the rest from online."""
         if self.offline is None:
-            return online.sample(key, n)
+            return online.sample(key, n, horizon)
         key_off, key_on = jax.random.split(key)
         n_offline = jnp.round(self.ratio(step, online.size) * n).astype(jnp.int32)
         from_offline = jnp.arange(n) < n_offline
-        offline_rows = self.offline.sample(key_off, n)
-        online_rows = online.sample(key_on, n)
+        offline_rows = self.offline.sample(key_off, n, horizon)
+        online_rows = online.sample(key_on, n, horizon)
         return jax.tree.map(
             lambda a, b: jnp.where(from_offline.reshape((n,) + (1,) * (a.ndim - 1)), a, b),
             offline_rows,
@@ -147,8 +197,14 @@ class MixedSampler(flax.struct.PyTreeNode):
         )
 
     def sample_minibatches(
-        self, key: jax.Array, online: ReplayBuffer, num: int, batch_size: int, step: jax.Array
+        self,
+        key: jax.Array,
+        online: ReplayBuffer,
+        num: int,
+        batch_size: int,
+        step: jax.Array,
+        horizon: int = 1,
     ) -> Batch:
         """`num` minibatches stacked on a leading axis, the input of a UTD block of updates."""
-        batch = self.sample(key, online, num * batch_size, step)
+        batch = self.sample(key, online, num * batch_size, step, horizon)
         return jax.tree.map(lambda x: x.reshape(num, batch_size, *x.shape[1:]), batch)

@@ -89,3 +89,9 @@ def subset(params, key: jax.Array, size: int):
     num = jax.tree.leaves(params)[0].shape[0]
     idx = jax.random.choice(key, num, (size,), replace=False)
     return jax.tree.map(lambda p: p[idx], params)
+
+
+def reduce_members(qs: jax.Array, how: str) -> jax.Array:
+    """Critic outputs [members, ...] reduced over members by `how`: 'mean' or 'min' (FQL's and
+    QC's `q_agg`)."""
+    return qs.min(0) if how == "min" else qs.mean(0)

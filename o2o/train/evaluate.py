@@ -1,5 +1,10 @@
 """Evaluation on fixed seeds: returns, normalised score, and Q-bias on the rollouts and on
-held-out dataset episodes."""
+held-out dataset episodes.
+
+A chunked agent (`horizon` h > 1) executes each chunk it draws open-loop, drawing the next when
+the chunk is used up; its Q-bias compares Q(s_t, a_{t:t+h}) with the Monte-Carlo return from
+t at the chunk starts of the rollouts (chunks cut by the episode's end are left out), and on
+held-out episodes at every step with h logged actions left in its episode."""
 
 from __future__ import annotations
 
@@ -35,18 +40,26 @@ class Evaluator:
     With `holdout` (dataset episodes kept out of training, in the environment's units), each
     evaluation also compares Q(s, a) of the logged actions with their discounted Monte-Carlo
     return: `holdout_q_pred_mean`, `holdout_q_mc_mean`, `holdout_q_bias`.
+
+    `horizon`: actions per chunk of the agents it evaluates (see the module notes).
     """
 
     def __init__(
-        self, task: Task, episodes: int, seed: int, gamma: float, holdout: Dataset | None = None
+        self,
+        task: Task,
+        episodes: int,
+        seed: int,
+        gamma: float,
+        holdout: Dataset | None = None,
+        horizon: int = 1,
     ):
-        self.task, self.seed, self.gamma = task, seed, gamma
+        self.task, self.seed, self.gamma, self.horizon = task, seed, gamma, horizon
         self.envs = [task.make_env() for _ in range(episodes)]
-        self.holdout = _holdout(task, holdout, gamma) if holdout is not None else None
+        self.holdout = _holdout(task, holdout, gamma, horizon) if holdout is not None else None
 
     def __call__(self, agent) -> dict[str, float]:
         returns, trajectories, terminated, successes = self.rollouts(
-            lambda obs: np.asarray(_act(agent, jnp.asarray(obs)))
+            lambda obs: np.asarray(_act(agent, jnp.asarray(obs))), self.horizon
         )
         metrics = {
             "return_mean": float(returns.mean()),
@@ -64,23 +77,34 @@ class Evaluator:
             metrics |= {f"holdout_{k}": v for k, v in stats.items()}
         return metrics
 
-    def rollouts(self, policy) -> tuple[np.ndarray, list[dict], np.ndarray, np.ndarray]:
+    def rollouts(
+        self, policy, horizon: int = 1
+    ) -> tuple[np.ndarray, list[dict], np.ndarray, np.ndarray]:
         """One episode per environment with `policy(observations [n, obs_dim]) -> actions`:
         (returns, per-episode observations/actions/rewards, terminated, success flags). Any
-        policy can be scored on the same episodes (benchmarks score peer libraries' this way)."""
+        policy can be scored on the same episodes (benchmarks score peer libraries' this way).
+
+        With `horizon` > 1 the policy returns chunks [n, horizon * A] (step-major); each
+        environment executes its chunk open-loop and is given a new one when it is used up, so
+        chunks start at steps 0, h, 2h, ... of each episode."""
         n = len(self.envs)
         obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
         obs = obs.astype(np.float32)
         active = np.ones(n, bool)
         trajectories = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
         terminated, successes = np.zeros(n, bool), np.zeros(n, bool)
+        queues: list[list[np.ndarray]] = [[] for _ in range(n)]  # each env's unexecuted steps
         while active.any():
-            actions = policy(obs)
+            if any(not queues[i] for i in np.flatnonzero(active)):
+                chunks = np.asarray(policy(obs)).reshape(n, horizon, -1)
+                for i in np.flatnonzero(active):
+                    queues[i] = queues[i] or list(chunks[i])
             for i in np.flatnonzero(active):
-                next_obs, reward, term, trunc, info = self.envs[i].step(actions[i])
+                action = queues[i].pop(0)
+                next_obs, reward, term, trunc, info = self.envs[i].step(action)
                 traj = trajectories[i]
                 traj["obs"].append(obs[i].copy())
-                traj["act"].append(actions[i])
+                traj["act"].append(action)
                 traj["rew"].append(float(reward))
                 successes[i] |= bool(info.get("success", False))
                 obs[i] = next_obs
@@ -98,8 +122,11 @@ class Evaluator:
         ends[np.cumsum(lengths) - 1] = True
         # Q is learned from transformed rewards: compare it with returns in the same units.
         q_mc = discounted_returns(self.task.reward_transform(rew), ends, self.gamma)
-        q_pred = np.asarray(_q(agent, jnp.asarray(_pad(obs)), jnp.asarray(_pad(act))))[: len(rew)]
         valid = valid_for_bias(lengths, list(terminated), self.gamma)
+        if self.horizon > 1:  # each chunk as executed, at its start
+            act, whole, index = _chunk_windows(act, ends, self.horizon)
+            valid &= whole & (index % self.horizon == 0)
+        q_pred = np.asarray(_q(agent, jnp.asarray(_pad(obs)), jnp.asarray(_pad(act))))[: len(rew)]
         return self._in_reward_scale(q_bias_stats(q_pred, q_mc, valid))
 
     def _in_reward_scale(self, stats: dict[str, float]) -> dict[str, float]:
@@ -109,9 +136,25 @@ class Evaluator:
         return {k: v / self.task.reward_transform.scale for k, v in stats.items()}
 
 
-def _holdout(task: Task, holdout: Dataset, gamma: float) -> tuple[np.ndarray, ...]:
+def _chunk_windows(
+    actions: np.ndarray, ends: np.ndarray, horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step t of consecutive episodes (`ends` marks their last steps, the final one
+    included): the actions of steps t..t+h-1 flattened step-major, whether those steps all lie
+    in t's episode, and t's index in its episode."""
+    t = np.arange(len(actions))
+    last = np.flatnonzero(ends)
+    episode = np.searchsorted(last, t)  # the first end at or after t
+    first = np.concatenate([[0], last[:-1] + 1])[episode]
+    rows = np.minimum(t[:, None] + np.arange(horizon), len(actions) - 1)
+    return actions[rows].reshape(len(t), -1), last[episode] - t + 1 >= horizon, t - first
+
+
+def _holdout(task: Task, holdout: Dataset, gamma: float, horizon: int) -> tuple[np.ndarray, ...]:
     """Held-out episodes as the agent sees them (normalised observations, padded for Q) with
-    the discounted return of their transformed rewards and the steps where it is complete."""
+    the discounted return of their transformed rewards and the steps where it is complete;
+    for a chunked agent, the logged actions of the h steps from each step, where the episode
+    holds h more."""
     obs = holdout.observations
     if task.observation_normalizer is not None:
         obs = task.observation_normalizer(obs)
@@ -119,4 +162,8 @@ def _holdout(task: Task, holdout: Dataset, gamma: float) -> tuple[np.ndarray, ..
     ends = np.flatnonzero(holdout.episode_ends)
     lengths = np.diff(np.concatenate([[-1], ends])).tolist()
     valid = valid_for_bias(lengths, holdout.terminals[ends].tolist(), gamma)
-    return _pad(obs), _pad(holdout.actions), q_mc, valid
+    actions = holdout.actions
+    if horizon > 1:
+        actions, whole, _ = _chunk_windows(actions, holdout.episode_ends, horizon)
+        valid &= whole
+    return _pad(obs), _pad(actions), q_mc, valid

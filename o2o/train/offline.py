@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from o2o.agents.base import chunk_horizon
 from o2o.checkpoint import load_checkpoint, save_checkpoint
 from o2o.data.buffer import ReplayBuffer
 from o2o.data.dataset import Dataset
@@ -28,14 +29,15 @@ from o2o.train.evaluate import Evaluator
 CHUNK = 1000  # updates per jitted call (at most; evaluations cut chunks shorter)
 
 
-@functools.partial(jax.jit, static_argnames=("num_updates", "utd", "batch_size"))
-def _update_chunk(agent, key, dataset: ReplayBuffer, *, num_updates, utd, batch_size):
-    """`num_updates` agent updates, each on `utd` fresh minibatches drawn from `dataset`."""
+@functools.partial(jax.jit, static_argnames=("num_updates", "utd", "batch_size", "horizon"))
+def _update_chunk(agent, key, dataset: ReplayBuffer, *, num_updates, utd, batch_size, horizon=1):
+    """`num_updates` agent updates, each on `utd` fresh minibatches drawn from `dataset`
+    (windows of `horizon` steps for a chunked agent)."""
 
     def body(carry, _):
         agent, key = carry
         key, key_batch = jax.random.split(key)
-        batch = dataset.sample(key_batch, utd * batch_size)
+        batch = dataset.sample(key_batch, utd * batch_size, horizon)
         batch = jax.tree.map(lambda x: x.reshape(utd, batch_size, *x.shape[1:]), batch)
         agent, metrics = agent.update(batch)
         return (agent, key), metrics
@@ -91,6 +93,7 @@ class OfflineLoop:
             seed=10_000 + self.seed,
             gamma=cfg.discount,
             holdout=self.holdout,
+            horizon=chunk_horizon(cfg),
         )
         self.metrics: dict[str, Any] = {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0
@@ -113,6 +116,7 @@ class OfflineLoop:
                     num_updates=n,
                     utd=cfg.utd_ratio,
                     batch_size=cfg.batch_size,
+                    horizon=chunk_horizon(cfg),
                 )
                 self.metrics = metrics
                 self.progress.updates += n

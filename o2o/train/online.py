@@ -6,6 +6,13 @@ at the sampler's ratio), the agent is updated under `lax.scan`, and the next act
 Checkpoints hold the agent, the buffer, every RNG and the counters, so a resumed run
 continues where it stopped and never repeats the random warm-up.
 
+Chunked agents (QC: `horizon` > 1) act through an action queue: a chunk drawn from the agent
+is executed open-loop, one action per environment step, and a new one is drawn when it is used
+up or the episode ends. Every step is still stored as one transition, with an `ends` flag,
+and updates sample windows of `horizon` steps from it. Agents whose config sets
+`random_warmup = False` act with their policy during the `start_steps` warm-up (which then
+only delays updates) instead of uniformly at random.
+
 Agents that learn from Monte-Carlo returns (Cal-QL) get each online episode stored when it
 ends, with the discounted return from each of its steps (`mc_returns`), and start updating
 once the first one is stored. The episode in progress at a checkpoint is not saved: a resumed
@@ -25,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from o2o.agents.base import chunk_horizon
 from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
@@ -39,18 +47,23 @@ def _store(buffer, transition):
     return buffer.add(transition)
 
 
-@functools.partial(jax.jit, static_argnames=("utd", "batch_size"), donate_argnums=0)
-def _update_and_act(agent, buffer, key, policy_obs, env_step, sampler, *, utd, batch_size):
-    """One block of `utd` updates on minibatches drawn on the device, then the next action.
+@functools.partial(
+    jax.jit, static_argnames=("utd", "batch_size", "horizon", "act"), donate_argnums=0
+)
+def _update_and_act(
+    agent, buffer, key, policy_obs, env_step, sampler, *, utd, batch_size, horizon=1, act=True
+):
+    """One block of `utd` updates on minibatches (windows of `horizon` steps) drawn on the
+    device, then, if `act`, the next action (chunk).
 
     Storing is a separate call: when one computation both writes the ring buffer and reads
     minibatches from it, XLA copies the whole buffer every step instead of updating it in
     place (measured on Ant: 84 ms against 9 ms a step with a 200k-row buffer).
     """
     key, key_batch, key_act = jax.random.split(key, 3)
-    batch = sampler.sample_minibatches(key_batch, buffer, utd, batch_size, env_step)
+    batch = sampler.sample_minibatches(key_batch, buffer, utd, batch_size, env_step, horizon)
     agent, metrics = agent.update(batch)
-    action = agent.sample_actions(policy_obs[None], key_act)[0]
+    action = agent.sample_actions(policy_obs[None], key_act)[0] if act else None
     return agent, key, action, metrics
 
 
@@ -72,10 +85,11 @@ class RunProgress:
     buffer_capacity: int = 0
 
 
-def example_transition(env, mc_returns: bool = False) -> dict[str, np.ndarray]:
-    """A zero transition: the online buffer's fields and shapes."""
+def example_transition(env, mc_returns: bool = False, ends: bool = False) -> dict[str, np.ndarray]:
+    """A zero transition: the online buffer's fields and shapes (`ends`: chunked agents')."""
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     extra = {"mc_returns": np.float32(0)} if mc_returns else {}
+    extra |= {"ends": np.float32(0)} if ends else {}
     return extra | {
         "observations": np.zeros(obs_dim, np.float32),
         "actions": np.zeros(act_dim, np.float32),
@@ -109,6 +123,7 @@ class OnlineLoop:
 
     def run(self) -> RunProgress:
         cfg = self.agent.config
+        self.horizon = chunk_horizon(cfg)
         self.env = self.task.make_env()
         self._restore()
         resumed = self.progress.env_steps > 0
@@ -120,12 +135,13 @@ class OnlineLoop:
             seed=10_000 + self.seed,
             gamma=cfg.discount,
             holdout=self.holdout,
+            horizon=self.horizon,
         )
         # A resumed run starts a fresh episode: simulator state is not checkpointed.
         obs = self.env.reset(seed=self.seed + 7919 * self.progress.env_steps)[0]
         self.obs = obs.astype(np.float32)
         self.key, key_act = jax.random.split(self.key)
-        self.next_action = np.asarray(_act(self.agent, jnp.asarray(self.obs), key_act))
+        self.queue = self._chunk(_act(self.agent, jnp.asarray(self.obs), key_act))
         self.episode_return, self.metrics = 0.0, {}
         self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
         self.t_interval, self.updates_interval = time.perf_counter(), 0
@@ -148,7 +164,7 @@ class OnlineLoop:
 
     def _restore(self) -> None:
         """Fresh state, or the checkpoint's (growing the buffer if the run was extended)."""
-        example = example_transition(self.env, self.mc_returns)
+        example = example_transition(self.env, self.mc_returns, ends=self.horizon > 1)
         capacity = max(1, min(self.online_steps, self.buffer_capacity))
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress(buffer_capacity=capacity)
@@ -168,13 +184,21 @@ class OnlineLoop:
             self.progress.buffer_capacity = capacity
         self.np_rng.bit_generator.state = self.progress.np_rng_state
 
+    def _chunk(self, actions: jax.Array) -> list[np.ndarray]:
+        """A flattened chunk of `horizon` actions as the queue of its steps."""
+        return list(np.asarray(actions).reshape(self.horizon, -1))
+
     def _step(self) -> None:
-        """One environment step, its storage, and (after the warm-up) one block of updates."""
+        """One environment step (the queue's next action, or a random one in a random warm-up),
+        its storage, and (after the warm-up) one block of updates; a new chunk is drawn when
+        the queue is empty."""
         cfg, progress = self.agent.config, self.progress
-        if progress.env_steps < cfg.start_steps:
+        random_warmup = getattr(cfg, "random_warmup", True)
+        if progress.env_steps < cfg.start_steps and random_warmup:
             action = self.np_rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+            self.queue = []
         else:
-            action = self.next_action
+            action = self.queue.pop(0)
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
         next_obs = next_obs.astype(np.float32)
         transition = {
@@ -184,6 +208,8 @@ class OnlineLoop:
             "next_observations": next_obs,
             "masks": np.float32(1.0 - terminated),
         }
+        if self.horizon > 1:
+            transition["ends"] = np.float32(terminated or truncated)
         self.episode_return += float(reward)
         if self.mc_returns:
             self.episode.append(transition)
@@ -195,14 +221,16 @@ class OnlineLoop:
                 "online/train_return", self.episode_return, progress.env_steps
             )
             self.obs, self.episode_return = self.env.reset()[0].astype(np.float32), 0.0
+            self.queue = []  # the rest of the chunk was meant for the ended episode
             if self.mc_returns:
                 self._store_episode()
         else:
             self.obs = next_obs
         # With Monte-Carlo returns, updates wait for the first stored online episode.
         ready = not self.mc_returns or progress.episodes > 0
+        refill = not self.queue
         if progress.env_steps >= cfg.start_steps and ready:
-            self.agent, self.key, next_action, self.metrics = _update_and_act(
+            self.agent, self.key, chunk, self.metrics = _update_and_act(
                 self.agent,
                 self.buffer,
                 self.key,
@@ -211,13 +239,16 @@ class OnlineLoop:
                 self.sampler,
                 utd=cfg.utd_ratio,
                 batch_size=cfg.batch_size,
+                horizon=self.horizon,
+                act=refill,
             )
-            self.next_action = np.asarray(next_action)
+            if refill:
+                self.queue = self._chunk(chunk)
             progress.updates += cfg.utd_ratio
             self.updates_interval += cfg.utd_ratio
-        elif progress.env_steps + 1 >= cfg.start_steps:  # the warm-up is over: act
-            self.key, key_act = jax.random.split(self.key)
-            self.next_action = np.asarray(_act(self.agent, jnp.asarray(self.obs), key_act))
+        elif refill and (progress.env_steps + 1 >= cfg.start_steps or not random_warmup):
+            self.key, key_act = jax.random.split(self.key)  # acting without updates
+            self.queue = self._chunk(_act(self.agent, jnp.asarray(self.obs), key_act))
         progress.env_steps += 1
 
     def _store_episode(self) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 import optax
 
 from o2o.agents import get_agent
-from o2o.agents.base import switch_parts
+from o2o.agents.base import chunk_horizon, switch_parts
+from o2o.agents.sac import SAC
 from o2o.checkpoint import load_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
@@ -83,7 +84,8 @@ class TrainConfig:
     reset_optimizers: bool = False
     """Re-initialise every optimiser state (Adam moments) at the offline-to-online switch."""
     save_policies: bool = False
-    """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots)."""
+    """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots of
+    the tanh-Gaussian SAC family, the format `o2o.zoo` loads)."""
     agent: Any = None
     """Agent hyperparameters; defaults are the algorithm's reference recipe."""
 
@@ -113,7 +115,7 @@ def load_config(run_dir: Path) -> TrainConfig:
     """The configuration a run directory was made with, to rerun or extend it."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())
     agent = saved.pop("agent")
-    agent["hidden_dims"] = tuple(agent["hidden_dims"])
+    agent = {k: tuple(v) if isinstance(v, list) else v for k, v in agent.items()}  # JSON lists
     saved["freeze"] = tuple(saved.get("freeze", ()))
     agent = dataclasses.replace(get_agent(saved["algo"]).default_config, **agent)
     dataset = saved.pop("dataset")
@@ -165,6 +167,11 @@ def train(config: TrainConfig) -> Path:
             f"--task {config.task} names a dataset and --dataset gives another; use --task "
             f"{task.name} with --dataset, or drop --dataset"
         )
+    if config.save_policies and not issubclass(spec.agent_cls, SAC):
+        raise ValueError(
+            f"--save-policies keeps tanh-Gaussian actors (the SAC family: sac, rlpd, cql...) in "
+            f"the zoo's format; {config.algo}'s actor is not one: drop --save-policies"
+        )
     run_dir = config.run_dir()
     if (run_dir / "config.json").exists():
         _check_resumable(run_dir, config)
@@ -203,6 +210,8 @@ def train(config: TrainConfig) -> Path:
                 config.agent.discount,
                 task.failure_reward,
             )
+        if chunk_horizon(config.agent) > 1:  # windows of steps stop at episode ends
+            transitions["ends"] = dataset.episode_ends.astype(np.float32)
         offline = ReplayBuffer.from_arrays(transitions)
         if getattr(config.agent, "critic_bc", 0.0):  # ReBRAC reads the next logged action
             extra = {"next_actions": jnp.asarray(dataset.next_actions())}
@@ -325,9 +334,15 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
     spec = get_agent(config.algo)
     env = get_task(config.task).make_env()
     agent = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
+    if config.offline_steps > 0:  # the checkpoint holds the switched agent (frozen parts...)
+        agent = switch_parts(agent.on_switch(config.agent), config.freeze, config.reset_optimizers)
     checkpoint = Path(run_dir) / "checkpoints" / "latest"
     capacity = json.loads((checkpoint / "progress.json").read_text())["buffer_capacity"]
-    example = example_transition(env, getattr(spec.agent_cls, "uses_mc_returns", False))
+    example = example_transition(
+        env,
+        getattr(spec.agent_cls, "uses_mc_returns", False),
+        ends=chunk_horizon(config.agent) > 1,
+    )
     template = (agent, ReplayBuffer.create(example, capacity), jax.random.key(0))
     (_, buffer, _), _ = load_checkpoint(checkpoint, template)
     if int(buffer.size) == buffer.capacity and int(buffer.cursor) != 0:
