@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check o2o tests benchmarks scripts
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # two workers: the CI machine has 2 cores
 
 lint: $(STAMP)
 	$(BIN)/ruff check o2o tests benchmarks scripts

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ def save_native(dataset: Dataset, path: str | Path, meta: dict | None = None) ->
     if path.suffix != NATIVE_SUFFIX:
         path = path.with_suffix(NATIVE_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # Unique per process: two processes making the same cached dataset never share a file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, **dataset.arrays(), meta=np.asarray(json.dumps(meta or {})))
     tmp.replace(path)
     return path
