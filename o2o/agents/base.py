@@ -80,6 +80,12 @@ def scan_update_steps(agent: Any, batch: dict[str, jax.Array]) -> tuple[Any, dic
     return agent, jax.tree.map(jnp.mean, info)
 
 
+def gradient_step(state: TrainState, loss_fn, *args) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step of `state` on `loss_fn(params, *args) -> (loss, metrics)`."""
+    grads, info = jax.grad(loss_fn, has_aux=True)(state.params, *args)
+    return state.apply_gradients(grads=grads), info
+
+
 def trained_parts(agent: Any) -> dict[str, TrainState]:
     """The agent's parts with an optimiser (actor, critic, value, temperature...), by field."""
     fields = dataclasses.fields(agent)

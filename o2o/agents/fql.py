@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps
+from o2o.agents.base import compiled_create, gradient_step, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, ensemble_state, reduce_members
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
@@ -72,11 +72,6 @@ class FQLConfig:
             raise ValueError(f"alpha={self.alpha} must be non-negative")
         if min(self.flow_steps, self.num_critics, self.utd_ratio, self.batch_size) < 1:
             raise ValueError("flow_steps, num_critics, utd_ratio and batch_size must be >= 1")
-
-
-def _step(state: TrainState, loss_fn, *args) -> tuple[TrainState, dict[str, jax.Array]]:
-    grads, info = jax.grad(loss_fn, has_aux=True)(state.params, *args)
-    return state.apply_gradients(grads=grads), info
 
 
 class FQL(flax.struct.PyTreeNode):
@@ -181,9 +176,9 @@ class FQL(flax.struct.PyTreeNode):
         """Critic, BC flow and one-step policy from the same (pre-step) parameters, as the
         reference's one joint loss; then the soft target update."""
         rng, key_critic, key_flow, key_actor = jax.random.split(self.rng, 4)
-        critic, critic_info = _step(self.critic, self.critic_loss, batch, key_critic)
-        flow, flow_info = _step(self.actor_flow, self.flow_loss, batch, key_flow)
-        actor, actor_info = _step(self.actor, self.actor_loss, batch, key_actor)
+        critic, critic_info = gradient_step(self.critic, self.critic_loss, batch, key_critic)
+        flow, flow_info = gradient_step(self.actor_flow, self.flow_loss, batch, key_flow)
+        actor, actor_info = gradient_step(self.actor, self.actor_loss, batch, key_actor)
         target = optax.incremental_update(critic.params, self.target_critic_params, self.config.tau)
         agent = self.replace(
             critic=critic, actor_flow=flow, actor=actor, target_critic_params=target, rng=rng

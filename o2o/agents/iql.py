@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps
+from o2o.agents.base import compiled_create, gradient_step, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, StateValue, ensemble_state
 from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
@@ -101,11 +101,6 @@ def actor_learning_rate(config: IQLConfig) -> optax.ScalarOrSchedule:
         ],
         [config.decay_steps],
     )
-
-
-def _step(state: TrainState, loss_fn, *args) -> tuple[TrainState, dict[str, jax.Array]]:
-    grads, info = jax.grad(loss_fn, has_aux=True)(state.params, *args)
-    return state.apply_gradients(grads=grads), info
 
 
 class IQL(flax.struct.PyTreeNode):
@@ -188,10 +183,10 @@ class IQL(flax.struct.PyTreeNode):
 
     def update_step(self, batch) -> tuple[IQL, dict[str, jax.Array]]:
         """One IQL step on one minibatch: value, actor, critic, target (the reference order)."""
-        value, value_info = _step(self.value, self.value_loss, batch)
+        value, value_info = gradient_step(self.value, self.value_loss, batch)
         agent = self.replace(value=value)
-        actor, actor_info = _step(agent.actor, agent.actor_loss, batch)
-        critic, critic_info = _step(agent.critic, agent.critic_loss, batch)
+        actor, actor_info = gradient_step(agent.actor, agent.actor_loss, batch)
+        critic, critic_info = gradient_step(agent.critic, agent.critic_loss, batch)
         target = optax.incremental_update(
             critic.params, agent.target_critic_params, self.config.tau
         )

@@ -53,7 +53,13 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps, switch_parts
+from o2o.agents.base import (
+    compiled_create,
+    gradient_step,
+    register,
+    scan_update_steps,
+    switch_parts,
+)
 from o2o.nets.ensemble import StateActionValue, ensemble_state, reduce_members
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
@@ -188,15 +194,10 @@ class QC(flax.struct.PyTreeNode):
     def update_step(self, batch: dict[str, jax.Array]) -> tuple[QC, dict[str, jax.Array]]:
         """One step of the critic (then its target) and of the prior, on one minibatch."""
         rng, key_critic, key_prior = jax.random.split(self.rng, 3)
-        grads, critic_info = jax.grad(self.critic_loss, has_aux=True)(
-            self.critic.params, batch, key_critic
-        )
-        critic = self.critic.apply_gradients(grads=grads)
-        grads, prior_info = jax.grad(self.prior_loss, has_aux=True)(
-            self.actor.params, batch, key_prior
-        )
+        critic, critic_info = gradient_step(self.critic, self.critic_loss, batch, key_critic)
+        actor, prior_info = gradient_step(self.actor, self.prior_loss, batch, key_prior)
         agent = self.replace(
-            actor=self.actor.apply_gradients(grads=grads),
+            actor=actor,
             critic=critic,
             target_critic_params=optax.incremental_update(
                 critic.params, self.target_critic_params, self.config.tau

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register
+from o2o.agents.base import compiled_create, gradient_step, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state
 from o2o.nets.mlp import MLP
 
@@ -109,11 +109,6 @@ REBRAC = TD3BCConfig(
     normalize_observations=False,
     online_bc_decay_steps=1_000_000,
 )
-
-
-def _step(state: TrainState, loss_fn, *args) -> tuple[TrainState, dict[str, jax.Array]]:
-    grads, info = jax.grad(loss_fn, has_aux=True)(state.params, *args)
-    return state.apply_gradients(grads=grads), info
 
 
 class TD3BC(flax.struct.PyTreeNode):
@@ -209,12 +204,12 @@ class TD3BC(flax.struct.PyTreeNode):
     def update_critic(self, batch: dict[str, jax.Array]) -> tuple[TD3BC, dict[str, jax.Array]]:
         rng, key = jax.random.split(self.rng)
         noise = jax.random.normal(key, batch["actions"].shape)
-        critic, info = _step(self.critic, self.critic_loss, batch, noise)
+        critic, info = gradient_step(self.critic, self.critic_loss, batch, noise)
         return self.replace(critic=critic, rng=rng), info
 
     def update_actor(self, batch: dict[str, jax.Array]) -> tuple[TD3BC, dict[str, jax.Array]]:
         """One actor step, then the soft update of both target networks."""
-        actor, info = _step(self.actor, self.actor_loss, batch)
+        actor, info = gradient_step(self.actor, self.actor_loss, batch)
         tau = self.config.tau
         return self.replace(
             actor=actor,
