@@ -1,5 +1,6 @@
-"""Offline-to-online benchmark: CQL, Cal-QL, IQL and AWAC pre-trained then fine-tuned, and RLPD
-from scratch with the data mixed in, on generated datasets, several seeds. Writes
+"""Offline-to-online benchmark: CQL, Cal-QL, IQL, AWAC (and the flow agents FQL, IDQL, QC,
+FPO) pre-trained then fine-tuned, and RLPD from scratch with the data mixed in, on generated
+datasets, several seeds. Writes
 benchmarks/results/finetune_NAME.{json,md} and, per dataset, a report (score and Q bias over
 steps, the dip table) in benchmarks/results/finetune_NAME/DATASET/.
 
@@ -8,8 +9,9 @@ steps, the dip table) in benchmarks/results/finetune_NAME/DATASET/.
 
 Each run is `o2o train --algo A --task DATASET --offline-steps N --online-steps M --seed S`
 (RLPD: no offline steps) with the agent's reference recipe; on sparse tasks (PointMaze) the
-sparse presets (`CQL_ANTMAZE`, `CALQL_ANTMAZE`, `IQL_ANTMAZE`, `AWAC_ANTMAZE`). Finished runs in
-runs/bench_finetune/ are reused, so an interrupted benchmark resumes.
+sparse presets (`CQL_ANTMAZE`, `CALQL_ANTMAZE`, `IQL_ANTMAZE`, `AWAC_ANTMAZE`,
+`IDQL_ANTMAZE`; FQL and QC have none). `--hidden` sets every network's width, the flows'
+included. Finished runs in runs/bench_finetune/ are reused, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ os.environ.setdefault(
 from o2o.agents.awac import AWAC_ANTMAZE
 from o2o.agents.calql import CALQL_ANTMAZE
 from o2o.agents.cql import CQL_ANTMAZE
+from o2o.agents.idql import IDQL_ANTMAZE
 from o2o.agents.iql import IQL_ANTMAZE
 from o2o.envs.tasks import parse_task
 from o2o.report.report import fine_tuning_table, render_report
@@ -40,6 +43,7 @@ SPARSE_PRESETS = {
     "calql": CALQL_ANTMAZE,
     "iql": IQL_ANTMAZE,
     "awac": AWAC_ANTMAZE,
+    "idql": IDQL_ANTMAZE,
 }
 
 
@@ -62,6 +66,9 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
     )
     agent = SPARSE_PRESETS.get(algo, config.agent) if task.success_metric else config.agent
     agent = dataclasses.replace(agent, hidden_dims=tuple(args.hidden))
+    for field in ("actor_hidden_dims", "value_hidden_dims"):  # flow agents' other networks
+        if hasattr(agent, field):
+            agent = dataclasses.replace(agent, **{field: tuple(args.hidden)})
     if algo == "rlpd":
         agent = dataclasses.replace(agent, start_steps=args.rlpd_start_steps)
     if algo == "iql" and agent.decay_steps is not None:

@@ -87,3 +87,14 @@ def bimodal_reward(actions):
 
     near = [jnp.all(jnp.abs(actions - m) < 0.25, axis=-1) for m in BIMODAL_MODES]
     return (near[0] | near[1]).astype(jnp.float32)
+
+
+def bimodal_scores(agent) -> tuple[float, float]:
+    """Mean reward of the agent's actions on fresh states (deterministic where that means
+    something), and the share of the minority mode."""
+    import jax
+
+    obs = jax.random.normal(jax.random.key(7), (512, 3))
+    actions = agent.sample_actions(obs, jax.random.key(8), deterministic=True)
+    positive = float((actions.mean(-1) > 0).mean())
+    return float(bimodal_reward(actions).mean()), min(positive, 1 - positive)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_reward
+from agent_helpers import bimodal_batch, bimodal_scores
 from gymnasium.spaces import Box
 
 from o2o.agents.bc import BC, BCConfig
@@ -48,22 +48,14 @@ def train(agent, steps: int, explore: float = 0.0):
     return run(agent, jax.random.split(jax.random.key(1), steps))
 
 
-def scores(agent) -> tuple[float, float]:
-    """Mean reward of the agent's actions on fresh states, and the share of the minority mode."""
-    obs = jax.random.normal(jax.random.key(7), (512, 3))
-    actions = agent.sample_actions(obs, jax.random.key(8), deterministic=True)
-    positive = float((actions.mean(-1) > 0).mean())
-    return float(bimodal_reward(actions).mean()), min(positive, 1 - positive)
-
-
 def test_flow_bc_covers_both_modes_where_gaussian_bc_fails():
     flow, info = train(FlowBC.create(FlowBCConfig(hidden_dims=(64, 64)), OBS, ACT, 0), 1500)
     assert float(info["bc_flow_loss"][-100:].mean()) < float(info["bc_flow_loss"][:100].mean())
-    reward, minority = scores(flow)
+    reward, minority = bimodal_scores(flow)
     assert reward > 0.8 and minority > 0.3  # near a mode, and both modes used
 
     gaussian, _ = train(BC.create(BCConfig(hidden_dims=(64, 64)), OBS, ACT, 0), 1500)
-    assert scores(gaussian)[0] < 0.2  # its mean sits between the modes
+    assert bimodal_scores(gaussian)[0] < 0.2  # its mean sits between the modes
 
 
 def test_flow_bc_acts_in_bounds_and_has_no_q():

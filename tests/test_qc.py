@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_reward, np_
+from agent_helpers import bimodal_batch, bimodal_scores, np_
 from gymnasium.spaces import Box
 
 from o2o.agents.qc import QC, QCConfig
@@ -100,14 +100,6 @@ def test_best_of_n_keeps_the_candidate_with_the_highest_q():
     best = np.asarray(agent.q_values(obs_n, candidates)).argmax(1)
     assert len(set(best.tolist())) > 1  # not always the same position
     np.testing.assert_allclose(chosen, candidates[np.arange(6), best], rtol=1e-6)
-
-
-def bimodal_scores(agent) -> tuple[float, float]:
-    """Mean reward of the agent's actions on fresh states, and the share of the minority mode."""
-    obs = jax.random.normal(jax.random.key(7), (512, 3))
-    actions = agent.sample_actions(obs, jax.random.key(8))
-    positive = float((actions.mean(-1) > 0).mean())
-    return float(bimodal_reward(actions).mean()), min(positive, 1 - positive)
 
 
 def test_horizon_one_best_of_n_solves_the_bimodal_task():

@@ -245,15 +245,41 @@ def test_offline_steps_without_data_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("algo", sorted(AGENTS))
 def test_every_agent_runs_offline_then_online_from_the_cli(tmp_path, algo):
     out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    # On-policy agents (FPO) take 10 steps as 2 environments x 5.
+    on_policy = "--agent.num-envs 2" if getattr(AGENTS[algo].agent_cls, "on_policy", 0) else ""
     run(
         f"--algo {algo} --task hopper --dataset {path} --offline-steps 20 --online-steps 10 "
         f"--eval-interval 10 --eval-episodes 2 --agent.start-steps 5 --agent.utd-ratio 1 "
-        f"--out {out}"
+        f"{on_policy} --out {out}"
     )
     phases = [r["phase"] for r in read_metrics(out)]
     assert phases == ["offline"] * 3 + ["online"] * 2
     assert summary(out)["offline_updates"] == 20 and summary(out)["env_steps"] == 10
     hash(load_config(out).agent)  # static under jit: JSON lists must come back as tuples
+
+
+def test_on_policy_run_evaluates_after_crossing_intervals_and_resumes(tmp_path, capsys):
+    """FPO: iterations of 3 environments x 11 steps, in 2 minibatches of 16 (TINY); an
+    evaluation after each iteration that crosses a multiple of 30 steps; extending the run
+    resumes at its last iteration."""
+    out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    flags = (
+        f"--algo fpo --task hopper --dataset {path} --offline-steps 10 --eval-interval 30 "
+        f"--agent.num-envs 3 --agent.rollout-length 11 --out {out}"
+    )
+    run(f"{flags} --online-steps 66")
+    online = [r for r in read_metrics(out) if r["phase"] == "online"]
+    assert [r["env_steps"] for r in online] == [0, 33, 66]
+    assert summary(out)["updates"] == 2 * 10 * 2  # 2 iterations x 10 epochs x 2 minibatches
+    run(f"{flags} --online-steps 99")
+    online = [r for r in read_metrics(out) if r["phase"] == "online"]
+    assert [r["env_steps"] for r in online] == [0, 33, 66, 99]
+    assert summary(out)["env_steps"] == 99 and summary(out)["updates"] == 3 * 10 * 2
+    with pytest.raises(ValueError, match="on-policy; it keeps no replay buffer"):
+        replay_transitions(out)
+    with pytest.raises(SystemExit):
+        run(f"{flags} --online-steps 99 --data-mix proportional")
+    assert "fpo is on-policy" in capsys.readouterr().err
 
 
 def test_iql_scales_rewards_by_the_dataset_return_range_offline_and_online(tmp_path):

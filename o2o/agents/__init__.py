@@ -6,6 +6,7 @@ from o2o.agents import (  # noqa: F401  (each registers its algorithms)
     calql,
     cql,
     flow_bc,
+    fpo,
     fql,
     idql,
     iql,

@@ -126,6 +126,14 @@ def flow_matching_loss(
     key_noise, key_t = jax.random.split(key)
     x0 = jax.random.normal(key_noise, actions.shape)
     t = jax.random.uniform(key_t, actions.shape[:-1])
+    return flow_matching_error(apply_fn, params, observations, actions, x0, t)
+
+
+def flow_matching_error(
+    apply_fn, params, observations: jax.Array, actions: jax.Array, x0: jax.Array, t: jax.Array
+) -> jax.Array:
+    """`flow_matching_loss` at given noise `x0` (shape of `actions`) and times `t` (without
+    the action axis): FPO evaluates old and new parameters on the same draws."""
     x_t = (1.0 - t[..., None]) * x0 + t[..., None] * actions
     return (apply_fn(params, observations, x_t, t) - (actions - x0)) ** 2
 

@@ -137,13 +137,8 @@ class OnlineLoop:
             holdout=self.holdout,
             horizon=self.horizon,
         )
-        # A resumed run starts a fresh episode: simulator state is not checkpointed.
-        obs = self.env.reset(seed=self.seed + 7919 * self.progress.env_steps)[0]
-        self.obs = obs.astype(np.float32)
-        self.key, key_act = jax.random.split(self.key)
-        self.queue = self._chunk(_act(self.agent, jnp.asarray(self.obs), key_act))
-        self.episode_return, self.metrics = 0.0, {}
-        self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
+        self._start()
+        self.metrics = {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0
 
         with progress_bar() as bar:
@@ -153,14 +148,27 @@ class OnlineLoop:
             if not resumed:
                 self._evaluate_and_save()
             while self.progress.env_steps < self.online_steps:
+                before = self.progress.env_steps
                 self._step()
-                bar.advance(task_id)
                 steps = self.progress.env_steps
-                if steps % self.eval_interval == 0 or steps == self.online_steps:
+                bar.advance(task_id, steps - before)
+                if steps // self.eval_interval > before // self.eval_interval or (
+                    steps >= self.online_steps
+                ):
                     record = self._evaluate_and_save()
                     bar.update(task_id, info=f"return {record['return_mean']:.0f}")
         self.logger.close()
         return self.progress
+
+    def _start(self) -> None:
+        """The first episode and action chunk. A resumed run starts a fresh episode: simulator
+        state is not checkpointed."""
+        obs = self.env.reset(seed=self.seed + 7919 * self.progress.env_steps)[0]
+        self.obs = obs.astype(np.float32)
+        self.key, key_act = jax.random.split(self.key)
+        self.queue = self._chunk(_act(self.agent, jnp.asarray(self.obs), key_act))
+        self.episode_return = 0.0
+        self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
 
     def _restore(self) -> None:
         """Fresh state, or the checkpoint's (growing the buffer if the run was extended)."""
@@ -287,10 +295,14 @@ class OnlineLoop:
         )
         if self.policy_dir is not None:
             self._save_policy(record)
-        progress.np_rng_state = self.np_rng.bit_generator.state
-        save_checkpoint(self.checkpoint_dir, (self.agent, self.buffer, self.key), progress.__dict__)
+        save_checkpoint(self.checkpoint_dir, self._state(), progress.__dict__)
         self.t_interval, self.updates_interval = time.perf_counter(), 0
         return record
+
+    def _state(self) -> Any:
+        """What a checkpoint holds besides the counters (the numpy RNG goes into those)."""
+        self.progress.np_rng_state = self.np_rng.bit_generator.state
+        return self.agent, self.buffer, self.key
 
     def _save_policy(self, record: dict[str, Any]) -> None:
         meta = {

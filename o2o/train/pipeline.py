@@ -5,7 +5,8 @@ benchmark no online one). Offline data also feeds online batches (`data_mix`: th
 
 The switch applies the agent's own rule (`on_switch`: CQL's `cql_alpha_online`, ReBRAC's
 critic penalty off, ...), then the generic hooks: `freeze` parts and `reset_optimizers`.
-Random warm-up steps online are the agent's `start_steps`.
+Random warm-up steps online are the agent's `start_steps`. On-policy agents (FPO) train
+online on their own rollouts (`o2o.train.onpolicy`), without a replay buffer.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from o2o.envs.tasks import (
 from o2o.logging import console, read_metrics
 from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
+from o2o.train.onpolicy import OnPolicyLoop
 
 TRANSFORMS_FILE = "transforms.json"  # the units the agent learned in (rewards, observations)
 
@@ -172,6 +174,12 @@ def train(config: TrainConfig) -> Path:
             f"--save-policies keeps tanh-Gaussian actors (the SAC family: sac, rlpd, cql...) in "
             f"the zoo's format; {config.algo}'s actor is not one: drop --save-policies"
         )
+    on_policy = getattr(spec.agent_cls, "on_policy", False)
+    if on_policy and config.data_mix != "fixed":
+        raise ValueError(
+            f"--data-mix {config.data_mix}: {config.algo} is on-policy and updates on its own "
+            "rollouts only, so no offline data is mixed in online; drop --data-mix"
+        )
     run_dir = config.run_dir()
     if (run_dir / "config.json").exists():
         _check_resumable(run_dir, config)
@@ -250,7 +258,8 @@ def train(config: TrainConfig) -> Path:
         ).run()
         agent = switch_parts(agent.on_switch(config.agent), config.freeze, config.reset_optimizers)
     if config.online_steps > 0:
-        phases["online"] = OnlineLoop(
+        loop = OnPolicyLoop if on_policy else OnlineLoop
+        phases["online"] = loop(
             task,
             agent,
             sampler,
@@ -332,6 +341,10 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
     observations as the agent saw them, after the run's transforms: `run_task`)."""
     config = load_config(run_dir)
     spec = get_agent(config.algo)
+    if getattr(spec.agent_cls, "on_policy", False):
+        raise ValueError(
+            f"{run_dir}: {config.algo} is on-policy; it keeps no replay buffer to export"
+        )
     env = get_task(config.task).make_env()
     agent = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
     if config.offline_steps > 0:  # the checkpoint holds the switched agent (frozen parts...)
