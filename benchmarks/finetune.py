@@ -69,8 +69,8 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
     for field in ("actor_hidden_dims", "value_hidden_dims"):  # flow agents' other networks
         if hasattr(agent, field):
             agent = dataclasses.replace(agent, **{field: tuple(args.hidden)})
-    if algo == "rlpd":
-        agent = dataclasses.replace(agent, start_steps=args.rlpd_start_steps)
+    if agent.start_steps > 0:  # RLPD's random warm-up, QC's wait before updates
+        agent = dataclasses.replace(agent, start_steps=min(agent.start_steps, args.start_steps))
     if algo == "iql" and agent.decay_steps is not None:
         agent = dataclasses.replace(agent, decay_steps=offline_steps)  # cosine over the budget
     # IQL's reference fine-tuning appends online transitions to the buffer holding the dataset
@@ -94,7 +94,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--eval-interval", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--rlpd-start-steps", type=int, default=5_000)
+    parser.add_argument(
+        "--start-steps",
+        type=int,
+        default=5_000,
+        help="online steps before updates start, for the agents that wait (RLPD, QC: 5,000)",
+    )
     args = parser.parse_args()
     command = (
         f"python benchmarks/finetune.py --name {args.name} --datasets {' '.join(args.datasets)} "
@@ -102,7 +107,7 @@ def main() -> None:
         f"--offline-steps {args.offline_steps} --online-steps {args.online_steps} --size "
         f"{args.size} --hidden {' '.join(map(str, args.hidden))} --eval-interval "
         f"{args.eval_interval} --eval-episodes "
-        f"{args.eval_episodes} --rlpd-start-steps {args.rlpd_start_steps}"
+        f"{args.eval_episodes} --start-steps {args.start_steps}"
     )
     runs: dict[str, list[str]] = {}
     for seed in args.seeds:  # seed-major: an interrupted benchmark has every row, fewer seeds

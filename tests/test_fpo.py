@@ -149,7 +149,7 @@ def test_fpo_finds_both_modes_from_a_flow_cloned_on_uniform_actions():
         return agent, (rollout["rewards"].mean(), info["clip_fraction"])
 
     agent, _ = jax.jit(lambda a, k: jax.lax.scan(clone, a, k))(
-        agent, jax.random.split(jax.random.key(1), 800)
+        agent, jax.random.split(jax.random.key(1), 300)
     )
     before = bimodal_scores(agent)
     agent, (rewards, clipped) = jax.jit(lambda a, k: jax.lax.scan(iteration, a, k))(
