@@ -262,7 +262,7 @@ class FPO(flax.struct.PyTreeNode):
         flat["old_losses"] = self.cfm_losses(
             self.actor.params, flat["observations"], flat["actions"], flat["x0"], flat["t"]
         )
-        count = max(1, n // cfg.batch_size)
+        count = self.minibatches(n)
         size = n // count
 
         def minibatch_step(agent: FPO, batch):
@@ -279,9 +279,13 @@ class FPO(flax.struct.PyTreeNode):
         info |= {"advantage_mean": advantages.mean(), "advantage_std": advantages.std()}
         return agent.replace(rng=rng), info
 
+    def minibatches(self, transitions: int) -> int:
+        """Minibatches per epoch over a rollout of this many transitions (at least one)."""
+        return max(1, transitions // self.config.batch_size)
+
     def updates_per_rollout(self, transitions: int) -> int:
         """Gradient steps `policy_gradient_update` takes on a rollout of this many transitions."""
-        return self.config.epochs * max(1, transitions // self.config.batch_size)
+        return self.config.epochs * self.minibatches(transitions)
 
     # Integrates the flow from noise drawn with the key, as flow BC does (`deterministic`
     # changes nothing: see `o2o.agents.flow_bc`).
