@@ -3,10 +3,11 @@
     python scripts/train_zoo.py train  --tasks hopper walker2d --steps 200000
     python scripts/train_zoo.py select --tasks hopper walker2d
 
-`train` runs plain SAC (the `sac` preset) per task, keeping the policy at every evaluation;
-re-running it resumes. `select` rolls out those snapshots with sampled actions (as datasets
-are collected), and writes to assets/: `TASK-expert.npz` (the best snapshot), `TASK-medium.npz`
-(D4RL's medium recipe: early-stopped near one third of the D4RL expert return) and
+`train` runs SAC with `RLPD_2` (`sac`'s defaults when the zoo was made) per task, keeping the
+policy at every evaluation; re-running it resumes. `select` rolls out those snapshots with
+sampled actions (as datasets are collected), and writes to assets/: `TASK-expert.npz` (the
+best snapshot), `TASK-medium.npz` (D4RL's medium recipe: early-stopped near one third of the
+D4RL expert return) and
 `TASK-medium-replay.npz` (the run's snapshots every 10k steps up to the medium one, from which
 `o2o dataset make TASK-medium-replay` re-collects the replay buffer; see o2o/data/generate.py).
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from o2o.agents.sac import RLPD_2
 from o2o.data.generate import replay_path, rollout
 from o2o.envs.tasks import Task, get_task
 from o2o.report.tables import markdown_table
@@ -38,6 +40,7 @@ def run_dir(task: str, seed: int) -> Path:
 def train_task(task: str, steps: int, seed: int) -> Path:
     config = default_config(
         "sac",
+        agent=RLPD_2,  # the recipe the shipped zoo was trained with (`sac`'s former defaults)
         task=task,
         online_steps=steps,
         seed=seed,

@@ -33,6 +33,9 @@ def test_presets_are_the_reference_recipes():
     assert RLPD.critic_layer_norm and RLPD.backup_entropy
     assert (RLPD.offline_ratio, RLPD.start_steps, RLPD.init_temperature) == (0.5, 5000, 1.0)
     assert (SAC_DEFAULT.num_critics, SAC_DEFAULT.utd_ratio, SAC_DEFAULT.offline_ratio) == (2, 1, 0)
+    assert not SAC_DEFAULT.critic_layer_norm and SAC_DEFAULT.actor_q == "min"
+    assert (SAC_DEFAULT.critic_lr, SAC_DEFAULT.actor_lr) == (1e-3, 3e-4)  # CleanRL's rates
+    assert SAC.create(dataclasses.replace(SAC_DEFAULT, **TINY), OBS, ACT, 0).target_entropy == -2.0
     assert not NAIVE.critic_layer_norm and (NAIVE.offline_ratio, NAIVE.start_steps) == (1.0, 0)
     assert (SAC_N.num_critics, SAC_N.num_min_critics, SAC_N.actor_q) == (10, 10, "min")
     assert SAC_N.hidden_dims == (256, 256, 256) and SAC_N.diversity_weight == 0.0

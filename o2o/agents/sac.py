@@ -10,7 +10,13 @@ random actions before updates start.
 
 Deviation: the UTD loop runs in `jax.lax.scan` rather than a Python loop unrolled by `jit`,
 so compile time does not grow with the ratio. The math is the same.
-`sac` is the same agent with 2 critics (so the target is their min), UTD 1, no offline data.
+
+`sac` is the same agent as textbook SAC: 2 critics without LayerNorm (the target is their min),
+the actor maximises their min, target entropy -|A|, UTD 1, no offline data; its critic learning
+rate is CleanRL's 1e-3 instead of the paper's 3e-4. Why not RLPD's recipe cut to 2 critics
+(`RLPD_2`, the default until 2026-12): on Hopper-v5 at 100k steps it ended at returns 444-725,
+textbook SAC at 3e-4 at 486-515, and with the critic at 1e-3 at 856-2,018 over 4 seeds
+(benchmarks/results/hopper_sac_100k*.md).
 
 Offline ensembles (An, Moon, Kim, Song 2021, "Uncertainty-Based Offline RL with Diversified
 Q-Ensemble"), as in CORL's `algorithms/offline/{sac_n,edac}.py`: N critics of 3 x 256 without
@@ -83,10 +89,21 @@ class SACConfig:
 
 
 RLPD = SACConfig()
-SAC_DEFAULT = dataclasses.replace(RLPD, num_critics=2, utd_ratio=1, offline_ratio=0.0)
+# RLPD's agent with 2 critics and UTD 1: `sac`'s defaults until 2026-12, with which the policy zoo
+# (scripts/train_zoo.py) was trained, and the base of `naive`.
+RLPD_2 = dataclasses.replace(RLPD, num_critics=2, utd_ratio=1, offline_ratio=0.0)
+# Textbook SAC (Haarnoja et al. 2018: no LayerNorm, the actor maximises the min of 2 critics,
+# target entropy -|A|) with CleanRL's critic learning rate 1e-3 (`sac_continuous_action.py`).
+SAC_DEFAULT = dataclasses.replace(
+    RLPD_2,
+    critic_layer_norm=False,
+    actor_q="min",
+    target_entropy_per_dim=-1.0,
+    critic_lr=1e-3,
+)
 # Offline SAC with nothing against overestimation but the min of 2 critics: the baseline whose
 # Q-values run away on out-of-distribution actions. No LayerNorm (it bounds Q: RLPD, Ball 2023).
-NAIVE = dataclasses.replace(SAC_DEFAULT, critic_layer_norm=False, offline_ratio=1.0, start_steps=0)
+NAIVE = dataclasses.replace(RLPD_2, critic_layer_norm=False, offline_ratio=1.0, start_steps=0)
 # SAC-N and EDAC (An et al. 2021, CORL's recipe; see the module docstring).
 SAC_N = dataclasses.replace(
     NAIVE,
