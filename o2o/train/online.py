@@ -124,7 +124,6 @@ class OnlineLoop:
     def run(self) -> RunProgress:
         cfg = self.agent.config
         self.horizon = chunk_horizon(cfg)
-        self.env = self.task.make_env()
         self._restore()
         resumed = self.progress.env_steps > 0
         keep = self.step_offset + self.progress.env_steps if resumed else self.step_offset
@@ -171,7 +170,9 @@ class OnlineLoop:
         self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
 
     def _restore(self) -> None:
-        """Fresh state, or the checkpoint's (growing the buffer if the run was extended)."""
+        """The environment, and fresh state or the checkpoint's (growing the buffer if the run
+        was extended)."""
+        self.env = self.task.make_env()
         example = example_transition(self.env, self.mc_returns, ends=self.horizon > 1)
         capacity = max(1, min(self.online_steps, self.buffer_capacity))
         self.key = jax.random.key(self.seed + 1)
