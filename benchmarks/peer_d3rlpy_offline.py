@@ -4,7 +4,8 @@
 Runs only in the peer venv (`make bench-venv`: torch==2.13.0, d3rlpy==2.8.1). It trains
 `--algo` for `--steps` updates on the transitions in `--data` (an .npz written by
 benchmarks/offline.py: the same training episodes o2o gets, in the environment's units),
-timing d3rlpy's own loop (`sample_transition_batch` then `update`), and prints one JSON line.
+timing d3rlpy's own loop (`sample_transition_batch` then `update`, after `--warmup` untimed
+ones), and prints one JSON line.
 It then serves actions: each stdin line is a JSON list of observations, answered by one JSON
 line of `algo.predict` actions; an empty line or EOF ends it. Evaluation therefore runs in o2o's
 process, on o2o's environments and reset seeds, so both libraries are scored identically.
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--algo", required=True, choices=ALGOS)
     parser.add_argument("--data", required=True, help=".npz of the training transitions")
     parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--warmup", type=int, default=0, help="untimed updates first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch's own")
@@ -123,6 +125,8 @@ def main() -> None:
         algo = build(args.algo, args.batch).create(device="cpu:0")
         build_scalers_with_transition_picker(algo, dataset)  # as `fit` does first
         algo.build_with_dataset(dataset)
+        for _ in range(args.warmup):
+            algo.update(dataset.sample_transition_batch(args.batch))
         start = time.perf_counter()
         for _ in range(args.steps):
             algo.update(dataset.sample_transition_batch(args.batch))
