@@ -9,7 +9,8 @@ Rows (d3rlpy's SAC critics have no LayerNorm, so "d3rlpy's networks" rows turn i
 - o2o sac, d3rlpy's networks: 2 critics without LayerNorm, one full update (critics, actor,
   temperature) per jitted call with the batch drawn on the device, as the online loop runs at
   UTD 1; and the same with 20 updates scanned inside one call, as offline chunks run.
-- o2o sac (default): the same with o2o's LayerNorm critics.
+- o2o sac with 2 LayerNorm critics: the same with RLPD's LayerNorm critics (`RLPD_2`, `sac`'s
+  defaults until 2026-12; the results file's "o2o sac default" row).
 - o2o rlpd: 10 LayerNorm critics, UTD 20: one call = 20 critic updates + 1 actor and
   temperature update, counted as 20 updates (the unit of the UTD ratio).
 - o2o sac-10, d3rlpy's networks: 10 critics without LayerNorm, like d3rlpy's `n_critics=10`.
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o.agents.sac import RLPD, SAC, SAC_DEFAULT
+from o2o.agents.sac import RLPD, RLPD_2, SAC
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 
 ROOT = Path(__file__).resolve().parent
@@ -158,7 +159,7 @@ def measure_peer(n_critics: int, updates: int) -> dict | None:
     return best
 
 
-SAC2_PLAIN = dataclasses.replace(SAC_DEFAULT, critic_layer_norm=False)
+SAC2_PLAIN = dataclasses.replace(RLPD_2, critic_layer_norm=False)
 SAC10_PLAIN = dataclasses.replace(SAC2_PLAIN, num_critics=10)
 
 
@@ -173,7 +174,7 @@ def main() -> None:
     cases = {
         "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), UTD 1": O2OCase(SAC2_PLAIN),
         "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), 20 scanned": O2OCase(SAC2_PLAIN, 20),
-        "o2o sac default (2 LayerNorm critics), UTD 1": O2OCase(SAC_DEFAULT),
+        "o2o sac (2 LayerNorm critics, RLPD_2), UTD 1": O2OCase(RLPD_2),
         "o2o rlpd (10 LayerNorm critics, UTD 20)": O2OCase(RLPD),
         "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), UTD 1": O2OCase(SAC10_PLAIN),
         "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), 20 scanned": O2OCase(
