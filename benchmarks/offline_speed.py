@@ -33,7 +33,7 @@ from pathlib import Path
 
 import jax
 from offline import PEER_PYTHON, PEERS, RESULTS, peer_data
-from update_speed import matmul_gflops
+from update_speed import _flops, matmul_gflops
 
 from o2o.agents import get_agent
 from o2o.agents.base import chunk_horizon
@@ -52,7 +52,7 @@ class O2OAgent:
 
     def __init__(self, algo: str, buffer: ReplayBuffer, obs_space, act_space):
         spec = get_agent(algo)
-        self.config = cfg = spec.default_config
+        cfg = spec.default_config
         self.agent = spec.agent_cls.create(cfg, obs_space, act_space, 0)
         self.key = jax.random.key(1)
 
@@ -68,10 +68,7 @@ class O2OAgent:
             )
 
         self.chunk = chunk
-        cost = jax.jit(chunk, static_argnums=2).lower(self.agent, self.key, 1).compile()
-        cost = cost.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        self.gflop_per_update = float(cost.get("flops", float("nan"))) / 1e9
+        self.gflop_per_update = _flops(lambda a, k: chunk(a, k, 1), self.agent, self.key) / 1e9
 
     def measure(self, seconds: float) -> float:
         agent, key, _ = self.chunk(self.agent, self.key, CHUNK)  # compiled on first use
