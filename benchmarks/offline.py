@@ -15,6 +15,10 @@ CPU core (XLA and torch single-threaded), so updates per second compare like wit
 o2o's is the rate over its last evaluation interval (compiled, evaluation excluded), d3rlpy's
 over its whole update loop.
 
+`--set ALGO.FIELD=VALUE` changes one field of an agent's recipe, and the run directories and
+the table's rows name the change (e.g. `--set qc.hidden_dims=256,256`: at its reference 4x512
+networks QC does about 0.4 updates/s on one core, 2 hours per 3,000 updates).
+
 Resumable: finished o2o runs (runs/bench_offline/) and peer results are reused, so re-running
 the same command after an interruption continues where it stopped.
 """
@@ -29,14 +33,17 @@ os.environ.setdefault(
 )
 
 import argparse
+import ast
 import dataclasses
 import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from o2o.agents import get_agent
 from o2o.data.formats import save_native
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import parse_task
@@ -52,9 +59,38 @@ PEER_PYTHON = ROOT.parent / ".venv-bench" / "bin" / "python"
 PEERS = {"bc-det": "bc", "td3bc": "td3+bc", "cql": "cql", "iql": "iql", "awac": "awac"}
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set ALGO.FIELD=VALUE` items as {algo: {field: value}}; a comma makes a tuple."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, _, text = item.partition("=")
+        algo, _, field = target.partition(".")
+        if not text or not field:
+            raise SystemExit(f"--set {item!r}: expected ALGO.FIELD=VALUE, e.g. qc.num_samples=8")
+        if field not in {f.name for f in dataclasses.fields(get_agent(algo).default_config)}:
+            raise SystemExit(f"--set {item!r}: {algo}'s config has no field {field!r}")
+        values = tuple(ast.literal_eval(v) for v in text.split(",") if v)
+        overrides.setdefault(algo, {})[field] = values if "," in text else values[0]
+    return overrides
+
+
+def _shown(algo: str, args: argparse.Namespace) -> list[str]:
+    fields = args.overrides.get(algo, {})
+    return [
+        f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in fields.items()
+    ]
+
+
+def label(algo: str, args: argparse.Namespace) -> str:
+    """`algo`, with its `--set` overrides when it has any: e.g. 'qc (hidden_dims=256x256)'."""
+    shown = _shown(algo, args)
+    return f"{algo} ({', '.join(shown)})" if shown else algo
+
+
 def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> dict:
     """Train (or reuse) one o2o run; its final score and training speed."""
-    out = RUNS / f"{dataset}-{algo}-{args.steps}-seed{seed}"
+    tag = "-".join([algo, *_shown(algo, args)])
+    out = RUNS / f"{dataset}-{tag}-{args.steps}-seed{seed}"
     config = default_config(
         algo,
         task=dataset,
@@ -66,6 +102,9 @@ def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> 
         eval_episodes=args.eval_episodes,
         holdout_episodes=args.holdout_episodes,
         out=out,
+    )
+    config = dataclasses.replace(
+        config, agent=dataclasses.replace(config.agent, **args.overrides.get(algo, {}))
     )
     if not (out / "summary.json").exists():
         train(config)
@@ -150,14 +189,23 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--holdout-episodes", type=int, default=10)
     parser.add_argument("--peer", action="store_true", help="d3rlpy side by side")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="ALGO.FIELD=VALUE",
+        help="override a field of one agent's recipe, e.g. qc.hidden_dims=256,256; the run "
+        "directories and the table name the overrides",
+    )
     args = parser.parse_args()
+    args.overrides = parse_overrides(args.set)
     (RUNS / "peer").mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict] = {}
     for algo in args.algos:  # algorithm-major: a cut-short run still has whole rows
         for dataset in args.datasets:
             for seed in args.seeds:
-                key = f"{dataset}/{algo}/{seed}"
+                key = f"{dataset}/{label(algo, args)}/{seed}"
                 start = time.perf_counter()
                 peer = args.peer and algo in PEERS
                 path, proc = start_peer(dataset, algo, seed, args) if peer else (None, None)
@@ -175,12 +223,12 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     rows = []
     for dataset in args.datasets:
         for algo in args.algos:
-            runs = [results.get(f"{dataset}/{algo}/{seed}") for seed in args.seeds]
+            runs = [results.get(f"{dataset}/{label(algo, args)}/{seed}") for seed in args.seeds]
             if None in runs:
                 continue
             row = {
                 "dataset": dataset,
-                "algo": algo,
+                "algo": label(algo, args),
                 "o2o": mean_std([r["o2o"]["score"] for r in runs]),
                 "o2o_ups": f"{np.mean([r['o2o']['updates_per_s'] for r in runs]):.1f}",
             }
@@ -207,6 +255,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         f"{args.steps} --size {args.size} --eval-interval {args.eval_interval} --eval-episodes "
         f"{args.eval_episodes} --holdout-episodes {args.holdout_episodes}"
         + (" --peer" if args.peer else "")
+        + (f" --set {' '.join(args.set)}" if args.set else "")
     )
     stem = RESULTS / f"offline_{args.name}"
     stem.with_suffix(".json").write_text(
