@@ -226,6 +226,27 @@ def main() -> None:
                 write_results(results, args)
 
 
+def overview_table(results: dict[str, dict], args: argparse.Namespace) -> str:
+    """o2o's mean score per agent (rows) and dataset (columns), '-' until a cell's seeds have
+    all finished, and the mean over datasets once a row is complete."""
+    rows = []
+    for algo in args.algos:
+        row: dict[str, Any] = {"algo": label(algo, args)}
+        for dataset in args.datasets:
+            runs = [results.get(f"{dataset}/{label(algo, args)}/{seed}") for seed in args.seeds]
+            if None not in runs:
+                row[dataset] = float(np.mean([r["o2o"]["score"] for r in runs]))
+        scores = [row[d] for d in args.datasets if d in row]
+        if len(scores) == len(args.datasets):
+            row["mean"] = float(np.mean(scores))
+        rows.append({k: f"{v:.1f}" if isinstance(v, float) else v for k, v in row.items()})
+    columns = {"algo": "o2o algo", **{d: d for d in args.datasets}, "mean": "mean"}
+    return (
+        "Mean normalised score over seeds, per agent and dataset (the rows below have the "
+        f"spread over seeds and the speeds):\n\n{markdown_table(rows, columns)}\n"
+    )
+
+
 def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     """The table over every (dataset, algo) whose seeds have all finished (rewritten after
     each run, so an interrupted benchmark leaves its finished rows)."""
@@ -285,8 +306,9 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "units with it, which on this host halves it."
     )
     columns = {k: v for k, v in columns.items() if any(k in r for r in rows)}
+    overview = overview_table(results, args) if len(args.datasets) > 1 else ""
     stem.with_suffix(".md").write_text(
-        f"{title}\n\n`{command}`\n\n{notes}\n\n{markdown_table(rows, columns)}"
+        f"{title}\n\n`{command}`\n\n{notes}\n\n{overview}{markdown_table(rows, columns)}"
     )
     print(f"wrote {stem}.{{json,md}}", flush=True)
 
