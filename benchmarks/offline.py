@@ -226,6 +226,14 @@ def main() -> None:
                 write_results(results, args)
 
 
+def finished_runs(
+    results: dict[str, dict], dataset: str, algo: str, args: argparse.Namespace
+) -> list[dict] | None:
+    """The results of every seed of (dataset, algo), or None while any is missing."""
+    runs = [results.get(f"{dataset}/{label(algo, args)}/{seed}") for seed in args.seeds]
+    return None if None in runs else runs
+
+
 def overview_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     """o2o's mean score per agent (rows) and dataset (columns), '-' until a cell's seeds have
     all finished, and the mean over datasets once a row is complete."""
@@ -233,8 +241,7 @@ def overview_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     for algo in args.algos:
         row: dict[str, Any] = {"algo": label(algo, args)}
         for dataset in args.datasets:
-            runs = [results.get(f"{dataset}/{label(algo, args)}/{seed}") for seed in args.seeds]
-            if None not in runs:
+            if runs := finished_runs(results, dataset, algo, args):
                 row[dataset] = float(np.mean([r["o2o"]["score"] for r in runs]))
         scores = [row[d] for d in args.datasets if d in row]
         if len(scores) == len(args.datasets):
@@ -253,8 +260,8 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     rows = []
     for dataset in args.datasets:
         for algo in args.algos:
-            runs = [results.get(f"{dataset}/{label(algo, args)}/{seed}") for seed in args.seeds]
-            if None in runs:
+            runs = finished_runs(results, dataset, algo, args)
+            if runs is None:
                 continue
             row = {
                 "dataset": dataset,
