@@ -11,7 +11,8 @@ Each run is `o2o train --algo A --task DATASET --offline-steps N --online-steps 
 (RLPD: no offline steps) with the agent's reference recipe; on sparse tasks (PointMaze) the
 sparse presets (`CQL_ANTMAZE`, `CALQL_ANTMAZE`, `IQL_ANTMAZE`, `AWAC_ANTMAZE`,
 `IDQL_ANTMAZE`; FQL and QC have none). `--hidden` sets every network's width, the flows'
-included. Finished runs in runs/bench_finetune/ are reused, so an interrupted benchmark resumes.
+included. Finished runs in runs/bench_finetune/ are reused (after checking that their saved
+configuration is the one asked for), so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from o2o.agents.idql import IDQL_ANTMAZE
 from o2o.agents.iql import IQL_ANTMAZE
 from o2o.envs.tasks import parse_task
 from o2o.report.report import fine_tuning_table, render_report
-from o2o.train.pipeline import default_config, train
+from o2o.train.pipeline import check_resumable, default_config, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench_finetune"
@@ -77,8 +78,11 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
     # (ikostrikov/implicit_q_learning `train_finetune.py`): uniform over the union, not the
     # preset's fixed `offline_ratio` stand-in.
     data_mix = "proportional" if algo == "iql" else config.data_mix
-    if not (out / "summary.json").exists():
-        train(dataclasses.replace(config, agent=agent, data_mix=data_mix))
+    config = dataclasses.replace(config, agent=agent, data_mix=data_mix)
+    if (out / "summary.json").exists():
+        check_resumable(out, config)  # a finished run is reused only under the same settings
+    else:
+        train(config)
     return out
 
 

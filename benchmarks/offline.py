@@ -19,7 +19,8 @@ over its whole update loop.
 the table's rows name the change (e.g. `--set qc.hidden_dims=256,256`: at its reference 4x512
 networks QC does about 0.4 updates/s on one core, 2 hours per 3,000 updates).
 
-Resumable: finished o2o runs (runs/bench_offline/) and peer results are reused, so re-running
+Resumable: finished o2o runs (runs/bench_offline/; reused only if their saved configuration is
+the one asked for) and peer results are reused, so re-running
 the same command after an interruption continues where it stopped.
 """
 
@@ -50,7 +51,7 @@ from o2o.envs.tasks import parse_task
 from o2o.logging import read_metrics
 from o2o.report.tables import markdown_table, mean_std
 from o2o.train.evaluate import Evaluator
-from o2o.train.pipeline import default_config, hold_out_episodes, train
+from o2o.train.pipeline import check_resumable, default_config, hold_out_episodes, train
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -115,7 +116,9 @@ def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> 
     config = dataclasses.replace(
         config, agent=dataclasses.replace(config.agent, **args.overrides.get(algo, {}))
     )
-    if not (out / "summary.json").exists():
+    if (out / "summary.json").exists():
+        check_resumable(out, config)  # a finished run is reused only under the same settings
+    else:
         train(config)
     summary = json.loads((out / "summary.json").read_text())
     last = read_metrics(out)[-1]  # the last interval: compiled, no evaluation inside

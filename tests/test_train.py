@@ -93,6 +93,20 @@ def test_resume_refuses_different_config(tmp_path):
         train(dataclasses.replace(config, agent=dataclasses.replace(config.agent, tau=0.01)))
 
 
+def test_offline_run_extends_online_with_another_offline_ratio(tmp_path):
+    """The offline phase never mixed batches, so its saved offline_ratio does not bind the
+    extension; once online steps used one, a different ratio is refused."""
+    out, path = tmp_path / "run", _hopper_dataset(tmp_path)
+    flags = f"--algo iql --task hopper --dataset {path} --offline-steps 4 --eval-interval 4 {TINY}"
+    run(f"{flags} --online-steps 0 --out {out}")
+    run(f"{flags} --online-steps 6 --agent.offline-ratio 0.25 --out {out}")
+    assert summary(out)["env_steps"] == 6 and load_config(out).agent.offline_ratio == 0.25
+    config = load_config(out)
+    agent = dataclasses.replace(config.agent, offline_ratio=0.5)
+    with pytest.raises(ValueError, match=r"agent\.offline_ratio \(saved 0\.25, now 0\.5\)"):
+        train(dataclasses.replace(config, agent=agent))
+
+
 def test_resume_accepts_run_from_before_a_field_existed(tmp_path):
     """A run written before a config field or counter was added resumes with its default."""
     out = tmp_path / "run"

@@ -145,10 +145,15 @@ def _differences(saved: dict, current: dict, defaults: dict, prefix: str = "") -
     return diffs
 
 
-def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
-    """A run directory is reused only by the same configuration (online_steps may grow)."""
+def check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    """A run directory is reused only by the same configuration (online_steps may grow):
+    raises ValueError naming the fields that differ. The saved run's `offline_ratio` is not
+    compared when that run never mixed batches with it (no online steps, or --data-mix
+    proportional), so an offline run can be extended online with a ratio of its own."""
     saved = json.loads((run_dir / "config.json").read_text())
     current = {k: v for k, v in _config_json(config).items() if k not in ("online_steps", "out")}
+    if saved.get("online_steps") == 0 or saved.get("data_mix") == "proportional":
+        current["agent"].pop("offline_ratio", None)
     defaults = _config_json(default_config(config.algo))
     diff = _differences(saved, current, defaults)
     if diff:
@@ -182,7 +187,7 @@ def train(config: TrainConfig) -> Path:
         )
     run_dir = config.run_dir()
     if (run_dir / "config.json").exists():
-        _check_resumable(run_dir, config)
+        check_resumable(run_dir, config)
         console.print(f"resuming the run in {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=1))
