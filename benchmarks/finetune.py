@@ -23,6 +23,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 # One core for the benchmark: set before JAX starts its CPU client.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -35,8 +37,10 @@ from o2o.agents.idql import IDQL_ANTMAZE
 from o2o.agents.iql import IQL_ANTMAZE
 from o2o.envs.tasks import parse_task
 from o2o.report.report import fine_tuning_table, render_report
+from o2o.report.tables import mean_std
 from o2o.train.pipeline import check_resumable, default_config, train
 
+MIN_DIP = 1.0  # normalised-score points: smaller falls are evaluation noise, not unlearning
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench_finetune"
 SPARSE_PRESETS = {
@@ -121,18 +125,65 @@ def main() -> None:
                 write_results(runs, args, command)
 
 
+def claims_table(summaries: list[dict]) -> str:
+    """The survey's claims about the switch, checked on one dataset's runs: means over seeds; a
+    claim whose agents have no finished run is left out. A dip counts from MIN_DIP points."""
+    by_algo: dict[str, list[dict]] = {}
+    for summary in summaries:
+        by_algo.setdefault(summary["algo"], []).append(summary)
+    rows: list[str] = []
+
+    def stat(algo: str, key: str) -> tuple[float, str] | None:
+        values = [r[key] for r in by_algo.get(algo, []) if r.get(key) is not None]
+        return (float(np.mean(values)), f"{algo} {mean_std(values)}") if values else None
+
+    def add(claim: str, measured: str, holds: bool | str) -> None:
+        verdict = holds if isinstance(holds, str) else ("yes" if holds else "no")
+        rows.append(f"| {claim} | {measured} | {verdict} |")
+
+    for key, where in (("q_bias_at_switch", "rollouts"), ("holdout_q_bias_at_switch", "held-out")):
+        if cql := stat("cql", key):
+            add(f"CQL's Q is below the MC return at the switch ({where})", cql[1], cql[0] < 0)
+    cql_dip, calql_dip = stat("cql", "dip"), stat("calql", "dip")
+    if cql_dip:
+        dipped = sum(r["dip"] >= MIN_DIP for r in by_algo["cql"])
+        seeds = f"{dipped} of {len(by_algo['cql'])} seeds >= {MIN_DIP:g}"
+        add("CQL dips after the switch", f"{cql_dip[1]} ({seeds})", cql_dip[0] >= MIN_DIP)
+    if cql_dip and calql_dip:
+        less = calql_dip[0] < cql_dip[0]
+        holds = "untestable: CQL does not dip" if cql_dip[0] < MIN_DIP else less
+        add("Cal-QL dips less than CQL", f"{calql_dip[1]}; {cql_dip[1]}", holds)
+    for key, name, sign in (
+        ("final_online_score", "final online score", 1),
+        ("regret", "regret", -1),
+    ):
+        rlpd, rivals = stat("rlpd", key), [r for a in ("cql", "calql") if (r := stat(a, key))]
+        if rlpd and rivals:
+            holds = all(sign * (rlpd[0] - rival[0]) >= 0 for rival in rivals)
+            measured = "; ".join(r[1] for r in [rlpd, *rivals])
+            add(f"RLPD matches or beats CQL and Cal-QL ({name})", measured, holds)
+    if not rows:
+        return ""
+    return (
+        "\n".join(["| claim | measured (mean ± std over seeds) | holds |", "|---|---|---|", *rows])
+        + "\n"
+    )
+
+
 def write_results(runs: dict[str, list[str]], args: argparse.Namespace, command: str) -> None:
     """The table, summaries and per-dataset reports of the runs finished so far."""
     stem = RESULTS / f"finetune_{args.name}"
-    sections = []
-    for dataset, run_dirs in runs.items():
-        report = render_report(run_dirs, stem / dataset, title=f"Fine-tuning on {dataset}")
-        link = report.with_suffix(".md").relative_to(RESULTS)
-        sections.append(f"## {dataset} ([report]({link}))\n\n{fine_tuning_table(run_dirs)}")
     summaries = {
         d: [json.loads((Path(r) / "summary.json").read_text()) for r in rs]
         for d, rs in runs.items()
     }
+    sections = []
+    for dataset, run_dirs in runs.items():
+        report = render_report(run_dirs, stem / dataset, title=f"Fine-tuning on {dataset}")
+        link = report.with_suffix(".md").relative_to(RESULTS)
+        claims = claims_table(summaries[dataset])
+        claims = f"\nThe claims about the switch, on these runs:\n\n{claims}" if claims else ""
+        sections.append(f"## {dataset} ([report]({link}))\n\n{fine_tuning_table(run_dirs)}{claims}")
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": summaries}, indent=1)
     )

@@ -1,4 +1,8 @@
-"""Fine-tuning metrics on synthetic evaluation curves: the dip, recovery and regret."""
+"""Fine-tuning metrics on synthetic evaluation curves: the dip, recovery and regret; the
+benchmark's verdicts on the claims about the switch."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +48,42 @@ def test_online_only_run_starts_from_its_first_evaluation():
 
 def test_no_online_phase_gives_nothing():
     assert finetune_metrics(curve([10, 20], [20])) == {}
+
+
+def _benchmark():
+    """benchmarks/finetune.py as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _verdicts(table):
+    return {row.split(" | ")[0][2:]: row.split(" | ")[-1][:-2] for row in table.splitlines()[2:]}
+
+
+def test_claims_table_verdicts_on_hand_made_summaries():
+    def run(algo, **metrics):
+        return {"algo": algo, "q_bias_at_switch": -3.0, "holdout_q_bias_at_switch": 2.0} | metrics
+
+    summaries = [
+        run("cql", dip=6.0, final_online_score=40.0, regret=0.5),
+        run("cql", dip=0.0, final_online_score=44.0, regret=0.5),
+        run("calql", dip=2.0, final_online_score=50.0, regret=0.4),
+        run("rlpd", dip=0.0, final_online_score=48.0, regret=0.3),
+    ]
+    verdicts = _verdicts(_benchmark().claims_table(summaries))
+    assert verdicts == {
+        "CQL's Q is below the MC return at the switch (rollouts)": "yes",
+        "CQL's Q is below the MC return at the switch (held-out)": "no",
+        "CQL dips after the switch": "yes",  # mean 3 >= 1 point
+        "Cal-QL dips less than CQL": "yes",
+        "RLPD matches or beats CQL and Cal-QL (final online score)": "no",  # 48 < Cal-QL's 50
+        "RLPD matches or beats CQL and Cal-QL (regret)": "yes",
+    }
+    no_dip = [dict(s, dip=0.5) if s["algo"] == "cql" else s for s in summaries]
+    verdicts = _verdicts(_benchmark().claims_table(no_dip))
+    assert verdicts["CQL dips after the switch"] == "no"
+    assert verdicts["Cal-QL dips less than CQL"] == "untestable: CQL does not dip"
+    assert _benchmark().claims_table([run("iql", dip=1.0)]) == ""
