@@ -2,7 +2,8 @@
 FPO) pre-trained then fine-tuned, and RLPD from scratch with the data mixed in, on generated
 datasets, several seeds. Writes
 benchmarks/results/finetune_NAME.{json,md} and, per dataset, a report (score and Q bias over
-steps, the dip table) in benchmarks/results/finetune_NAME/DATASET/.
+steps, the dip table) in benchmarks/results/finetune_NAME/DATASET/; the table checks the claims
+about the switch on the runs (`claims_table`).
 
     python benchmarks/finetune.py --name small --datasets hopper-medium pointmaze-umaze \\
         --seeds 0 1 2 --offline-steps 20000 --online-steps 20000
