@@ -13,7 +13,8 @@ Each run is `o2o train --algo A --task DATASET --offline-steps N --online-steps 
 sparse presets (`CQL_ANTMAZE`, `CALQL_ANTMAZE`, `IQL_ANTMAZE`, `AWAC_ANTMAZE`,
 `IDQL_ANTMAZE`; FQL and QC have none). `--hidden` sets every network's width, the flows'
 included. Finished runs in runs/bench_finetune/ are reused (after checking that their saved
-configuration is the one asked for), so an interrupted benchmark resumes.
+configuration is the one asked for), so an interrupted benchmark resumes; `--finished-only`
+writes the tables from the finished runs alone, while others are still training.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ SPARSE_PRESETS = {
 }
 
 
-def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
-    """Train (or reuse) one run; its directory."""
+def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path | None:
+    """Train (or reuse) one run; its directory (None: not finished, under --finished-only)."""
     task, _ = parse_task(dataset)
     offline_steps = 0 if algo == "rlpd" else args.offline_steps
     width = "x".join(map(str, args.hidden))
@@ -86,6 +87,8 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path:
     config = dataclasses.replace(config, agent=agent, data_mix=data_mix)
     if (out / "summary.json").exists():
         check_resumable(out, config)  # a finished run is reused only under the same settings
+    elif args.finished_only:
+        return None
     else:
         train(config)
     return out
@@ -109,6 +112,11 @@ def main() -> None:
         default=5_000,
         help="online steps before updates start, for the agents that wait (RLPD, QC: 5,000)",
     )
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="write the tables from the runs already finished; train nothing",
+    )
     args = parser.parse_args()
     command = (
         f"python benchmarks/finetune.py --name {args.name} --datasets {' '.join(args.datasets)} "
@@ -122,8 +130,12 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: an interrupted benchmark has every row, fewer seeds
         for dataset in args.datasets:
             for algo in args.algos:
-                runs.setdefault(dataset, []).append(str(run(dataset, algo, seed, args)))
-                write_results(runs, args, command)
+                if (out := run(dataset, algo, seed, args)) is not None:
+                    runs.setdefault(dataset, []).append(str(out))
+                    if not args.finished_only:  # after each run: an interruption loses nothing
+                        write_results(runs, args, command)
+    if args.finished_only:
+        write_results(runs, args, command)
 
 
 def claims_table(summaries: list[dict]) -> str:
@@ -136,7 +148,10 @@ def claims_table(summaries: list[dict]) -> str:
 
     def stat(algo: str, key: str) -> tuple[float, str] | None:
         values = [r[key] for r in by_algo.get(algo, []) if r.get(key) is not None]
-        return (float(np.mean(values)), f"{algo} {mean_std(values)}") if values else None
+        if not values:
+            return None
+        shown = mean_std(values) if len(values) > 1 else f"{values[0]:.1f}"  # as the main table
+        return float(np.mean(values)), f"{algo} {shown}"
 
     def add(claim: str, measured: str, holds: bool | str) -> None:
         verdict = holds if isinstance(holds, str) else ("yes" if holds else "no")
@@ -166,7 +181,9 @@ def claims_table(summaries: list[dict]) -> str:
     if not rows:
         return ""
     return (
-        "\n".join(["| claim | measured (mean ± std over seeds) | holds |", "|---|---|---|", *rows])
+        "\n".join(
+            ["| claim | measured (mean ± std over the seeds) | holds |", "|---|---|---|", *rows]
+        )
         + "\n"
     )
 
