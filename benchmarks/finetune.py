@@ -39,7 +39,7 @@ from o2o.agents.idql import IDQL_ANTMAZE
 from o2o.agents.iql import IQL_ANTMAZE
 from o2o.envs.tasks import parse_task
 from o2o.report.report import fine_tuning_table, render_report
-from o2o.report.tables import mean_std
+from o2o.report.tables import markdown_table, mean_std
 from o2o.train.pipeline import check_resumable, default_config, train
 
 MIN_DIP = 1.0  # normalised-score points: smaller falls are evaluation noise, not unlearning
@@ -144,7 +144,7 @@ def claims_table(summaries: list[dict]) -> str:
     by_algo: dict[str, list[dict]] = {}
     for summary in summaries:
         by_algo.setdefault(summary["algo"], []).append(summary)
-    rows: list[str] = []
+    rows: list[dict[str, str]] = []
 
     def stat(algo: str, key: str) -> tuple[float, str] | None:
         values = [r[key] for r in by_algo.get(algo, []) if r.get(key) is not None]
@@ -155,7 +155,7 @@ def claims_table(summaries: list[dict]) -> str:
 
     def add(claim: str, measured: str, holds: bool | str) -> None:
         verdict = holds if isinstance(holds, str) else ("yes" if holds else "no")
-        rows.append(f"| {claim} | {measured} | {verdict} |")
+        rows.append({"claim": claim, "measured": measured, "holds": verdict})
 
     for key, where in (("q_bias_at_switch", "rollouts"), ("holdout_q_bias_at_switch", "held-out")):
         if cql := stat("cql", key):
@@ -178,14 +178,12 @@ def claims_table(summaries: list[dict]) -> str:
             holds = all(sign * (rlpd[0] - rival[0]) >= 0 for rival in rivals)
             measured = "; ".join(r[1] for r in [rlpd, *rivals])
             add(f"RLPD matches or beats CQL and Cal-QL ({name})", measured, holds)
-    if not rows:
-        return ""
-    return (
-        "\n".join(
-            ["| claim | measured (mean ± std over the seeds) | holds |", "|---|---|---|", *rows]
-        )
-        + "\n"
-    )
+    columns = {
+        "claim": "claim",
+        "measured": "measured (mean ± std over the seeds)",
+        "holds": "holds",
+    }
+    return markdown_table(rows, columns) if rows else ""
 
 
 def write_results(runs: dict[str, list[str]], args: argparse.Namespace, command: str) -> None:

@@ -1,6 +1,7 @@
 """Fine-tuning metrics on synthetic evaluation curves: the dip, recovery and regret; the
 benchmark's verdicts on the claims about the switch."""
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def test_no_online_phase_gives_nothing():
     assert finetune_metrics(curve([10, 20], [20])) == {}
 
 
+@functools.cache
 def _benchmark():
     """benchmarks/finetune.py as a module (the benchmarks are scripts, not a package)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "finetune.py"
