@@ -2,8 +2,9 @@
 
 Run `make bench` (it builds the peer venv) or `.venv/bin/python benchmarks/update_speed.py`.
 All rows are measured in one run on one machine, interleaved over `--rounds` rounds (the
-median is reported), so their ratios are comparable even on a noisy machine. Networks:
-256x256 MLPs, batch 256, observation dim 17, action dim 6 (HalfCheetah's shapes).
+median is reported; every other round in reverse order), so their ratios are comparable even on
+a noisy machine. Networks: 256x256 MLPs, batch 256, observation dim 17, action dim 6
+(HalfCheetah's shapes).
 
 Rows (d3rlpy's SAC critics have no LayerNorm, so "d3rlpy's networks" rows turn it off):
 - o2o sac, d3rlpy's networks: 2 critics without LayerNorm, one full update (critics, actor,
@@ -12,7 +13,11 @@ Rows (d3rlpy's SAC critics have no LayerNorm, so "d3rlpy's networks" rows turn i
 - o2o sac with 2 LayerNorm critics: the same with RLPD's LayerNorm critics (`RLPD_2`, `sac`'s
   defaults until 2026-12; the results file's "o2o sac default" row).
 - o2o rlpd: 10 LayerNorm critics, UTD 20: one call = 20 critic updates + 1 actor and
-  temperature update, counted as 20 updates (the unit of the UTD ratio).
+  temperature update, counted as 20 updates (the unit of the UTD ratio); on online data only,
+  and as RLPD runs, with every minibatch half dataset, half online (`MixedSampler`). A third
+  RLPD row mixes the same shares per block instead, as o2o did until 2026-12 (the first ten
+  minibatches from the dataset, the rest online; `BlockMix` below), to show what the fix
+  costs, side by side.
 - o2o sac-10, d3rlpy's networks: 10 critics without LayerNorm, like d3rlpy's `n_critics=10`.
 - d3rlpy sac (n_critics 2 and 10): its own sample-and-update loop (benchmarks/peer_d3rlpy.py),
   the better of 1 and 2 torch threads in each round.
@@ -57,8 +62,8 @@ def matmul_gflops(seconds: float = 2.0) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
 
 
-def _buffer(n: int = 100_000) -> ReplayBuffer:
-    rng = np.random.default_rng(0)
+def _buffer(n: int = 100_000, seed: int = 0) -> ReplayBuffer:
+    rng = np.random.default_rng(seed)
     return ReplayBuffer.from_arrays(
         {
             "observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
@@ -76,16 +81,34 @@ def _flops(fn, *args) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-class O2OCase:
-    """One agent config: a jitted call that samples `utd` batches on the device and updates."""
+class BlockMix(MixedSampler):
+    """o2o's mix before 2026-12, for the speed comparison only: the block's first
+    round(ratio * num * batch) rows from the dataset, then reshaped into minibatches."""
 
-    def __init__(self, config, calls_per_jit: int = 1):
+    def sample_minibatches(self, key, online, num, batch_size, step, horizon=1):
+        n = num * batch_size
+        key_off, key_on = jax.random.split(key)
+        from_offline = jnp.arange(n) < jnp.round(self.offline_ratio * n).astype(jnp.int32)
+        rows = jax.tree.map(
+            lambda a, b: jnp.where(from_offline.reshape(n, *[1] * (a.ndim - 1)), a, b),
+            self.offline.sample(key_off, n),
+            online.sample(key_on, n),
+        )
+        return jax.tree.map(lambda x: x.reshape(num, batch_size, *x.shape[1:]), rows)
+
+
+class O2OCase:
+    """One agent config: a jitted call that samples `utd` batches on the device and updates;
+    with `mix`, each batch also draws from a dataset buffer of the same size."""
+
+    def __init__(self, config, calls_per_jit: int = 1, mix: type[MixedSampler] | None = None):
         obs = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
         act = gym.spaces.Box(-1, 1, (ACT_DIM,), np.float32)
         self.config = config
         self.agent = SAC.create(config, obs, act, 0)
         self.buffer = _buffer()
-        self.sampler = MixedSampler.create(None)
+        dataset = None if mix is None else _buffer(seed=1)
+        self.sampler = (mix or MixedSampler).create(dataset, config.offline_ratio)
         utd = config.utd_ratio
 
         def one(carry, _):
@@ -169,25 +192,38 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per o2o measurement")
     parser.add_argument("--peer-updates", type=int, default=150, help="per d3rlpy measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "update_speed")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="measure only rows whose name contains one of these"
+    )
     args = parser.parse_args()
 
     cases = {
         "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), UTD 1": O2OCase(SAC2_PLAIN),
         "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), 20 scanned": O2OCase(SAC2_PLAIN, 20),
         "o2o sac (2 LayerNorm critics, RLPD_2), UTD 1": O2OCase(RLPD_2),
-        "o2o rlpd (10 LayerNorm critics, UTD 20)": O2OCase(RLPD),
+        "o2o rlpd (10 LayerNorm critics, UTD 20), online data only": O2OCase(RLPD),
+        "o2o rlpd (10 LayerNorm critics, UTD 20), 50/50 mix in every minibatch": O2OCase(
+            RLPD, mix=MixedSampler
+        ),
+        "o2o rlpd (10 LayerNorm critics, UTD 20), 50/50 mix per block (before 2026-12)": O2OCase(
+            RLPD, mix=BlockMix
+        ),
         "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), UTD 1": O2OCase(SAC10_PLAIN),
         "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), 20 scanned": O2OCase(
             SAC10_PLAIN, 20
         ),
     }
     peers = {"d3rlpy sac (2 critics)": 2, "d3rlpy sac (10 critics)": 10}
+    if args.only is not None:
+        cases = {k: v for k, v in cases.items() if any(text in k for text in args.only)}
+        peers = {k: v for k, v in peers.items() if any(text in k for text in args.only)}
     samples: dict[str, list[float]] = {name: [] for name in [*cases, *peers]}
     peaks, peer_info = [], {}
     for r in range(args.rounds):
         peaks.append(matmul_gflops())
-        for name, case in cases.items():
-            samples[name].append(case.measure(args.seconds))
+        order = list(cases) if r % 2 == 0 else list(reversed(cases))  # no row always first
+        for name in order:
+            samples[name].append(cases[name].measure(args.seconds))
         for name, n in peers.items():
             result = measure_peer(n, args.peer_updates)
             if result is not None:
@@ -218,6 +254,11 @@ def main() -> None:
         peer = "d3rlpy sac (2 critics)" if "(2 " in mine else "d3rlpy sac (10 critics)"
         if peer in rows:
             ratios[f"{mine} / {peer}"] = rows[mine]["updates_per_s"] / rows[peer]["updates_per_s"]
+    mixes = [name for name in rows if "mix" in name]  # the fix's cost: new / old
+    if len(mixes) == 2:
+        ratios[f"{mixes[0]} / {mixes[1]}"] = (
+            rows[mixes[0]]["updates_per_s"] / rows[mixes[1]]["updates_per_s"]
+        )
     result = {
         "command": "python benchmarks/update_speed.py " + " ".join(sys.argv[1:]),
         "machine": {
@@ -255,7 +296,7 @@ def markdown(result: dict) -> str:
         frac = f"{row['fraction_of_matmul_peak']:.0%}" if "fraction_of_matmul_peak" in row else "-"
         lines.append(f"| {name} | {row['updates_per_s']:.1f} | {gflop} | {frac} |")
     lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f}x |" for k, v in result["ratios"].items()]
+    lines += [f"| {k} | {v:.2f}x |" for k, v in result["ratios"].items()]
     return "\n".join(lines) + "\n"
 
 

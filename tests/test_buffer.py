@@ -61,6 +61,39 @@ def test_sampler_schedule_over_steps():
     assert counts == [100.0, 50.0, 0.0, 0.0]
 
 
+MIXES = {
+    "fixed": dict(offline_ratio=0.5),
+    "proportional": dict(proportional=True),  # 1000 offline rows, 300 online: 10/13 offline
+    "linear": dict(offline_ratio=0.8, schedule=optax.linear_schedule(0.8, 0.0, 100)),
+}
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_every_minibatch_of_a_utd_block_mixes_at_the_ratio(mix, horizon):
+    """RLPD interleaves dataset and online rows within each minibatch: with UTD 20, every
+    critic minibatch and the actor's (the last) hold round(ratio * batch) dataset rows, not
+    the first ten minibatches all of the dataset and the last ten all online."""
+
+    def rows(n: int, src: float) -> dict[str, np.ndarray]:
+        fields = ("rewards", "masks", "ends", "actions", "next_observations")
+        return {"src": np.full(n, src, np.float32)} | {k: np.zeros(n, np.float32) for k in fields}
+
+    offline = ReplayBuffer.from_arrays(rows(1000, 1.0))
+    online = ReplayBuffer.from_arrays(rows(300, 0.0)).grown(2000)
+    sampler = MixedSampler.create(offline, **MIXES[mix])
+    step = jnp.int32(25)
+    batch = jax.jit(
+        lambda s: s.sample_minibatches(jax.random.key(0), online, 20, 16, step, horizon)
+    )(sampler)
+    src = batch["src"]  # windows carry their first step's field
+    assert src.shape == (20, 16)
+    expected = float(sampler.ratio(step, online.size)) * 16
+    per_minibatch = np.asarray(src.sum(1))
+    assert np.all(np.abs(per_minibatch - expected) <= 1), (expected, per_minibatch)
+    assert abs(float(src[-1].sum()) - expected) <= 1  # the actor's minibatch too
+
+
 def test_sampler_without_offline_data_uses_online_only():
     _, online = sources()
     sampler = MixedSampler.create(None, 0.5)

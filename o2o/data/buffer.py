@@ -135,8 +135,9 @@ class MixedSampler(flax.struct.PyTreeNode):
     ratio is `schedule(step)` instead, e.g. an optax schedule decaying the offline share; with
     `proportional`, it is offline size / (offline size + online size), i.e. uniform sampling
     over the union of both (Cal-QL's `mixing_ratio` < 0; CORL's one pre-filled buffer).
-    Each row picks its source independently of the others' indices, so any ratio works,
-    not only 0.5 (RLPD's interleaving only supports 0.5: ikostrikov/rlpd#4).
+    Within each minibatch a row's source is set by its position, independently of the
+    indices drawn, so any ratio works, not only 0.5 (RLPD's interleaving of two half batches
+    only supports 0.5: ikostrikov/rlpd#4).
     """
 
     offline: ReplayBuffer | None
@@ -181,20 +182,10 @@ class MixedSampler(flax.struct.PyTreeNode):
     def sample(
         self, key: jax.Array, online: ReplayBuffer, n: int, step: jax.Array, horizon: int = 1
     ) -> Batch:
-        """`n` rows (windows, with `horizon` > 1): the first round(ratio * n) from offline data,
-        the rest from online."""
-        if self.offline is None:
-            return online.sample(key, n, horizon)
-        key_off, key_on = jax.random.split(key)
-        n_offline = jnp.round(self.ratio(step, online.size) * n).astype(jnp.int32)
-        from_offline = jnp.arange(n) < n_offline
-        offline_rows = self.offline.sample(key_off, n, horizon)
-        online_rows = online.sample(key_on, n, horizon)
-        return jax.tree.map(
-            lambda a, b: jnp.where(from_offline.reshape((n,) + (1,) * (a.ndim - 1)), a, b),
-            offline_rows,
-            online_rows,
-        )
+        """One minibatch of `n` rows (windows, with `horizon` > 1): the first round(ratio * n)
+        from offline data, the rest from online."""
+        batch = self.sample_minibatches(key, online, 1, n, step, horizon)
+        return jax.tree.map(lambda x: x[0], batch)
 
     def sample_minibatches(
         self,
@@ -205,6 +196,23 @@ class MixedSampler(flax.struct.PyTreeNode):
         step: jax.Array,
         horizon: int = 1,
     ) -> Batch:
-        """`num` minibatches stacked on a leading axis, the input of a UTD block of updates."""
-        batch = self.sample(key, online, num * batch_size, step, horizon)
-        return jax.tree.map(lambda x: x.reshape(num, batch_size, *x.shape[1:]), batch)
+        """`num` minibatches stacked on a leading axis, the input of a UTD block of updates.
+        Every minibatch holds round(ratio * batch_size) offline rows (its first ones) and the
+        rest online, as RLPD interleaves the two sources within each minibatch: the critic's
+        steps and the actor's last one all see both."""
+
+        def stacked(rows: Batch) -> Batch:
+            return jax.tree.map(lambda x: x.reshape(num, batch_size, *x.shape[1:]), rows)
+
+        n = num * batch_size
+        if self.offline is None:
+            return stacked(online.sample(key, n, horizon))
+        key_off, key_on = jax.random.split(key)
+        n_offline = jnp.round(self.ratio(step, online.size) * batch_size).astype(jnp.int32)
+        from_offline = jnp.arange(n) % batch_size < n_offline  # the first rows of each minibatch
+        rows = jax.tree.map(
+            lambda a, b: jnp.where(from_offline.reshape(n, *[1] * (a.ndim - 1)), a, b),
+            self.offline.sample(key_off, n, horizon),
+            online.sample(key_on, n, horizon),
+        )
+        return stacked(rows)
