@@ -9,12 +9,12 @@ about the switch on the runs (`claims_table`).
         --seeds 0 1 2 --offline-steps 20000 --online-steps 20000
 
 Each run is `o2o train --algo A --task DATASET --offline-steps N --online-steps M --seed S`
-(RLPD: no offline steps) with the agent's reference recipe; on sparse tasks (PointMaze) the
-sparse presets (`CQL_ANTMAZE`, `CALQL_ANTMAZE`, `IQL_ANTMAZE`, `AWAC_ANTMAZE`,
-`IDQL_ANTMAZE`; FQL and QC have none). `--hidden` sets every network's width, the flows'
-included. Finished runs in runs/bench_finetune/ are reused (after checking that their saved
-configuration is the one asked for), so an interrupted benchmark resumes; `--finished-only`
-writes the tables from the finished runs alone, while others are still training.
+(RLPD: no offline steps) with the agent's reference recipe for the task, the preset `o2o
+train` picks (on PointMaze the `navigation` recipes: the reference AntMaze ones; FQL and QC
+have none). `--hidden` sets every network's width, the flows' included. Finished runs in
+runs/bench_finetune/ are reused (after checking that their saved configuration is the one
+asked for), so an interrupted benchmark resumes; `--finished-only` writes the tables from the
+finished runs alone, while others are still training.
 """
 
 from __future__ import annotations
@@ -32,12 +32,6 @@ os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
 
-from o2o.agents.awac import AWAC_ANTMAZE
-from o2o.agents.calql import CALQL_ANTMAZE
-from o2o.agents.cql import CQL_ANTMAZE
-from o2o.agents.idql import IDQL_ANTMAZE
-from o2o.agents.iql import IQL_ANTMAZE
-from o2o.envs.tasks import parse_task
 from o2o.report.report import fine_tuning_table, render_report
 from o2o.report.tables import markdown_table, mean_std
 from o2o.train.pipeline import check_resumable, default_config, train
@@ -45,18 +39,10 @@ from o2o.train.pipeline import check_resumable, default_config, train
 MIN_DIP = 1.0  # normalised-score points: smaller falls are evaluation noise, not unlearning
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench_finetune"
-SPARSE_PRESETS = {
-    "cql": CQL_ANTMAZE,
-    "calql": CALQL_ANTMAZE,
-    "iql": IQL_ANTMAZE,
-    "awac": AWAC_ANTMAZE,
-    "idql": IDQL_ANTMAZE,
-}
 
 
 def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path | None:
     """Train (or reuse) one run; its directory (None: not finished, under --finished-only)."""
-    task, _ = parse_task(dataset)
     offline_steps = 0 if algo == "rlpd" else args.offline_steps
     width = "x".join(map(str, args.hidden))
     out = RUNS / f"{dataset}-{algo}-{width}-{offline_steps}-{args.online_steps}-seed{seed}"
@@ -71,8 +57,7 @@ def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path | 
         eval_episodes=args.eval_episodes,
         out=out,
     )
-    agent = SPARSE_PRESETS.get(algo, config.agent) if task.success_metric else config.agent
-    agent = dataclasses.replace(agent, hidden_dims=tuple(args.hidden))
+    agent = dataclasses.replace(config.agent, hidden_dims=tuple(args.hidden))
     for field in ("actor_hidden_dims", "value_hidden_dims"):  # flow agents' other networks
         if hasattr(agent, field):
             agent = dataclasses.replace(agent, **{field: tuple(args.hidden)})

@@ -36,25 +36,27 @@ from offline import PEER_PYTHON, PEERS, RESULTS, peer_data
 from update_speed import _flops, matmul_gflops
 
 from o2o.agents import get_agent
-from o2o.agents.base import chunk_horizon
 from o2o.data.buffer import ReplayBuffer
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import parse_task
 from o2o.report.tables import markdown_table
 from o2o.train.offline import _update_chunk
+from o2o.train.pipeline import task_preset
 
 CHUNK = 50  # updates per jitted call while timing
 PEER_UPDATES = {"bc": 1000, "td3+bc": 300, "iql": 300, "awac": 200, "cql": 40}
 
 
 class O2OAgent:
-    """One o2o algorithm's reference agent with a jitted chunk of updates on `buffer`."""
+    """One o2o algorithm's reference agent (its preset for the dataset) with a jitted chunk of
+    updates on `buffer`."""
 
-    def __init__(self, algo: str, buffer: ReplayBuffer, obs_space, act_space):
+    def __init__(self, algo: str, dataset: str, buffer: ReplayBuffer, obs_space, act_space):
         spec = get_agent(algo)
-        cfg = spec.default_config
+        cfg = task_preset(algo, dataset)[1]
         self.agent = spec.agent_cls.create(cfg, obs_space, act_space, 0)
         self.key = jax.random.key(1)
+        horizon = self.agent.needs("offline").horizon
 
         def chunk(agent, key, num_updates):
             return _update_chunk(
@@ -64,7 +66,7 @@ class O2OAgent:
                 num_updates=num_updates,
                 utd=cfg.utd_ratio,
                 batch_size=cfg.batch_size,
-                horizon=chunk_horizon(cfg),
+                horizon=horizon,
             )
 
         self.chunk = chunk
@@ -113,7 +115,8 @@ def main() -> None:
     dataset, _ = make_dataset(args.dataset, args.size)
     buffer = ReplayBuffer.from_arrays(dataset.transitions())
     env = parse_task(args.dataset)[0].make_env()
-    agents = {a: O2OAgent(a, buffer, env.observation_space, env.action_space) for a in args.algos}
+    spaces = env.observation_space, env.action_space
+    agents = {a: O2OAgent(a, args.dataset, buffer, *spaces) for a in args.algos}
     data = peer_data(args.dataset, args)  # the training episodes, as benchmarks/offline.py
     samples: dict[str, dict[str, list[float]]] = {a: {"o2o": [], "d3rlpy": []} for a in agents}
     peaks, peer_versions = [], {}

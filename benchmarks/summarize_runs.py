@@ -11,11 +11,14 @@ import json
 from pathlib import Path
 
 from o2o.agents import get_agent
+from o2o.train.pipeline import task_preset
 
 
 def command(config: dict) -> str:
-    """The `o2o train` command line of a run: its non-default agent flags included."""
-    defaults = get_agent(config["algo"]).default_config
+    """The `o2o train` command line of a run: its preset where it is not the task's, and the
+    agent flags that differ from that preset."""
+    task_default, defaults = task_preset(config["algo"], config["task"])
+    preset = config.get("preset") or task_default  # runs from before presets: the task's
     parts = [
         "o2o train",
         f"--algo {config['algo']}",
@@ -23,6 +26,9 @@ def command(config: dict) -> str:
         f"--online-steps {config['online_steps']}",
         f"--seed {config['seed']}",
     ]
+    if preset != task_default:
+        defaults = get_agent(config["algo"]).presets[preset]
+        parts.append(f"--preset {preset}")
     for key, value in config["agent"].items():
         default = getattr(defaults, key)
         if value == default or (isinstance(default, tuple) and list(default) == value):

@@ -1,8 +1,9 @@
 """The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert|from-run`,
 `o2o report`.
 
-`o2o train --algo NAME ...` reads the algorithm first, so that every other flag (including
-`--agent.*` hyperparameters) shows and defaults to that algorithm's reference recipe.
+`o2o train --algo NAME --task TASK ...` reads the algorithm, the task and `--preset` first, so
+that every other flag (including `--agent.*` hyperparameters) shows and defaults to that
+algorithm's reference recipe for that task (its preset: `o2o.train.pipeline.task_preset`).
 """
 
 from __future__ import annotations
@@ -59,14 +60,22 @@ DEMO_RLPD_START_STEPS = 500
 def train_command(argv: list[str]) -> Path:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo", default="sac")
+    pre.add_argument("--task", default=DEFAULT_TASK)
+    pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.algo not in AGENTS:
         raise SystemExit(
             f"o2o train: unknown algorithm '{known.algo}'; choose one of: {', '.join(AGENTS)}"
         )
-    default = default_config(known.algo)
-    description = "Train an agent. Algorithms: " + "; ".join(
-        f"{name}: {spec.summary}" for name, spec in AGENTS.items()
+    default = default_config(known.algo, task=known.task, preset=known.preset)
+    description = (
+        "Train an agent. The agent's defaults are its reference recipe for the task (printed "
+        "at the start, recorded as `preset` in config.json); --preset NAME takes another of "
+        "its recipes. Algorithms: "
+        + "; ".join(
+            f"{name}: {spec.summary} (presets: {', '.join(spec.presets)})"
+            for name, spec in AGENTS.items()
+        )
     )
     config = tyro.cli(
         config_type(known.algo),

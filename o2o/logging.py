@@ -1,4 +1,5 @@
-"""Run outputs: `metrics.jsonl` (one object per evaluation), TensorBoard events, console."""
+"""Run outputs: `metrics.jsonl` (one object per evaluation), `episodes.jsonl` (one object per
+online training episode), TensorBoard events, console."""
 
 from __future__ import annotations
 
@@ -32,22 +33,33 @@ def progress_bar() -> Progress:
     )
 
 
+METRICS_FILE = "metrics.jsonl"
+EPISODES_FILE = "episodes.jsonl"
+
+
 class RunLogger:
-    """Appends evaluation records. A fresh run starts an empty file; a resumed one (or the
-    online phase after an offline one) keeps the records up to `resume_step`: later ones
-    belong to the interrupted attempt. `step` counts offline updates, then environment steps
-    after them, so the two phases share one axis."""
+    """Appends evaluation records and training-episode records. A fresh run starts empty
+    files; a resumed one (or the online phase after an offline one) keeps the records up to
+    `resume_step`: later ones belong to the interrupted attempt. `step` counts offline
+    updates, then environment steps after them, so the two phases share one axis."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
-        self.path = run_dir / "metrics.jsonl"
-        kept = (
-            []
-            if resume_step is None
-            else [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
-        )
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.path, self.episodes_path = run_dir / METRICS_FILE, run_dir / EPISODES_FILE
+        for path in (self.path, self.episodes_path):
+            kept = (
+                []
+                if resume_step is None
+                else [r for r in _read_jsonl(path) if r["step"] <= resume_step]
+            )
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         purge = None if resume_step is None else resume_step + 1
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+
+    def log_episode(self, record: dict[str, Any]) -> None:
+        """One finished training episode (`o2o.train.online.episode_record`)."""
+        with self.episodes_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.tb.add_scalar("online/train_return", record["return"], record["env_steps"])
 
     def log(self, record: dict[str, Any]) -> None:
         record = {k: _jsonable(v) for k, v in record.items()}
@@ -64,7 +76,16 @@ class RunLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    """A run's evaluation records (none yet: [])."""
+    return _read_jsonl(Path(run_dir) / METRICS_FILE)
+
+
+def read_episodes(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's online training-episode records (none yet: [])."""
+    return _read_jsonl(Path(run_dir) / EPISODES_FILE)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

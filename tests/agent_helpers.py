@@ -39,6 +39,22 @@ def random_batch(
     return {k: v.astype(np.float32) for k, v in b.items()}
 
 
+def hopper_dataset(tmp_path, n: int = 200):
+    """`n` random Hopper-shaped transitions (one episode), saved natively; its path."""
+    from o2o.data.dataset import Dataset
+    from o2o.data.formats import save_native
+
+    rng = np.random.default_rng(0)
+    data = {
+        "observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "next_observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+    }
+    return save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
+
+
 def np_(x) -> np.ndarray:
     """float64 numpy, the precision the by-hand losses are computed in."""
     return np.asarray(x, np.float64)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from agent_helpers import random_batch
 
-from o2o.agents.base import get_agent
 from o2o.agents.calql import CalQL
-from o2o.agents.cql import CQL, CQL_LOCOMOTION, CQLConfig
+from o2o.agents.cql import CQL, CQLConfig
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -43,9 +42,7 @@ def test_loss_is_cqls_below_the_floor_and_raised_above_it():
     assert float(high[1]["cql_ood_q"]) > 95 and float(high[0]) > float(reference[0])
 
 
-def test_switch_rule_and_registry():
-    spec = get_agent("calql")
-    assert spec.agent_cls is CalQL and spec.default_config == CQL_LOCOMOTION
+def test_switch_rule():
     agent = CalQL.create(TINY, OBS, ACT, 0)
     assert agent.on_switch(TINY) is agent
     switched = agent.on_switch(dataclasses.replace(TINY, cql_alpha_online=0.5))

@@ -13,7 +13,6 @@ from agent_helpers import np_, sgd
 from agent_helpers import random_batch as batch
 
 import o2o.agents.cql  # noqa: F401  (registers cql)
-from o2o.agents.base import get_agent
 from o2o.agents.cql import CQL, CQL_ANTMAZE, CQL_LOCOMOTION, CQLConfig
 from o2o.nets.policies import tanh_gaussian_sample
 
@@ -275,8 +274,3 @@ def test_update_with_utd_2_runs_two_joint_steps(fresh_agent):
     all_q = new.critic.apply_fn(new.critic.params, far[:4], actions[:4])
     np.testing.assert_array_equal(q, all_q.min(0))
     assert new.on_switch() is new
-
-
-def test_registered():
-    spec = get_agent("cql")
-    assert spec.agent_cls is CQL and spec.default_config == CQL_LOCOMOTION

@@ -37,21 +37,29 @@ def test_critic_loss_by_hand(agent):
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_actor_loss_by_hand(agent, normalize):
+    """The one-step policy's first action dimension is pushed past the bound (output bias +3):
+    the distillation takes it unclipped, as the reference, and so still pulls it back; only Q
+    sees the clipped action."""
     import dataclasses
 
     agent = agent.replace(config=dataclasses.replace(TINY, normalize_q_loss=normalize))
+    params = jax.tree.map(jnp.asarray, agent.actor.params)
+    params["params"]["Dense_0"]["bias"] = params["params"]["Dense_0"]["bias"].at[0].add(3.0)
     b = random_batch(1)
     key = jax.random.key(4)
-    loss, info = jax.jit(agent.actor_loss)(agent.actor.params, b, key)
+    loss, info = jax.jit(agent.actor_loss)(params, b, key)
     obs = b["observations"]
     noise = jax.random.normal(key, (8, 2))
     target = np_(flow_actions(agent.actor_flow.apply_fn, agent.actor_flow.params, obs, noise, 3))
-    mu = np.clip(np_(agent.actor.apply_fn(agent.actor.params, obs, noise)), -1, 1)
-    q = np_(agent.critic.apply_fn(agent.critic.params, obs, mu)).mean(0)
+    raw = np_(agent.actor.apply_fn(params, obs, noise))
+    assert raw[:, 0].min() > 1.0  # every row's first dimension out of bounds
+    q = np_(agent.critic.apply_fn(agent.critic.params, obs, np.clip(raw, -1, 1))).mean(0)
     lam = 1 / np.abs(q).mean() if normalize else 1.0
-    expected = 10.0 * np.mean((mu - target) ** 2) - lam * q.mean()
+    expected = 10.0 * np.mean((raw - target) ** 2) - lam * q.mean()
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    np.testing.assert_allclose(float(info["distill_loss"]), np.mean((mu - target) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(float(info["distill_loss"]), np.mean((raw - target) ** 2), rtol=1e-5)
+    grads = jax.grad(lambda p: agent.actor_loss(p, b, key)[0])(params)
+    assert float(grads["params"]["Dense_0"]["bias"][0]) > 0  # descent lowers the output
 
 
 def test_update_moves_every_part_and_the_target(agent):
@@ -98,9 +106,3 @@ def test_config_errors():
         FQLConfig(q_agg="max")
     with pytest.raises(ValueError, match="alpha"):
         FQLConfig(alpha=-1.0)
-
-
-def test_registered():
-    from o2o.agents.base import get_agent
-
-    assert get_agent("fql").agent_cls is FQL

@@ -212,10 +212,3 @@ def test_config_errors(field, value):
         IDQLConfig(**{field: value})
     with pytest.raises(ValueError, match="expectile"):  # IQL's checks still run
         IDQLConfig(expectile=1.0)
-
-
-def test_registered():
-    from o2o.agents.base import get_agent
-
-    spec = get_agent("idql")
-    assert spec.agent_cls is IDQL and spec.default_config == IDQL_LOCOMOTION

@@ -206,10 +206,3 @@ def test_update_with_utd_2_runs_two_full_steps(fresh_agent):
         actions = new.sample_actions(far, jax.random.key(1), deterministic)
         assert actions.shape == (64, 2) and float(jnp.abs(actions).max()) <= 1.0
     assert new.on_switch() is new
-
-
-def test_registered():
-    from o2o.agents.base import get_agent
-
-    spec = get_agent("iql")
-    assert spec.agent_cls is IQL and spec.default_config == IQL_LOCOMOTION

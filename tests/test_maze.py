@@ -1,10 +1,13 @@
 """PointMaze tasks: the evaluation env, the waypoint planner and its D4RL-style datasets."""
 
+import json
+
 import numpy as np
 import pytest
 
 pytest.importorskip("gymnasium_robotics")
 
+from o2o.cli import main
 from o2o.data.generate import make_dataset
 from o2o.envs.maze import COLLECT_EPISODE_STEPS, GOAL_RADIUS
 from o2o.envs.tasks import TASKS, parse_task
@@ -129,3 +132,30 @@ def test_make_dataset_caches_a_bare_task_name(tmp_path, monkeypatch):
     data, path = make_dataset("pointmaze-umaze", 300)
     assert path.name.startswith("pointmaze-umaze-planner-300-seed0") and path.exists()
     assert len(data) == 300 and make_dataset("pointmaze-umaze-planner", 300)[1] == path
+
+
+@pytest.mark.parametrize(
+    ("algo", "recipe"),
+    [
+        ("rlpd", dict(backup_entropy=False, num_min_critics=1, critic_layer_norm=True)),
+        ("cql", dict(cql_lagrange=True, cql_target_action_gap=0.8, cql_max_target_backup=True)),
+    ],
+)
+def test_train_picks_the_navigation_recipe_on_pointmaze(
+    algo, recipe, tmp_path, monkeypatch, capsys
+):
+    """On a sparse navigation task `o2o train` uses the agents' AntMaze recipes, says so, and
+    names the preset in config.json; --agent.* flags still override its fields."""
+    monkeypatch.setenv("O2O_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "run"
+    flags = (
+        f"--algo {algo} --task pointmaze-umaze --dataset-size 600 --online-steps 4 "
+        f"--eval-interval 4 --eval-episodes 1 --agent.start-steps 2 --agent.utd-ratio 1 "
+        f"--agent.hidden-dims 8 8 --agent.batch-size 8 --out {out}"
+    )
+    main(["train", *flags.split()])
+    assert f"{algo}: the 'navigation' recipe for pointmaze-umaze" in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "navigation"
+    assert {k: config["agent"][k] for k in recipe} == recipe
+    assert config["agent"]["hidden_dims"] == [8, 8]

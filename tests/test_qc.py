@@ -13,6 +13,7 @@ import pytest
 from agent_helpers import bimodal_batch, bimodal_scores, np_
 from gymnasium.spaces import Box
 
+from o2o.agents.base import Needs
 from o2o.agents.qc import QC, QCConfig
 from o2o.data.buffer import MixedSampler
 from o2o.envs.tasks import Task
@@ -192,9 +193,7 @@ if PROBE not in gym.registry:
 
 @dataclasses.dataclass(frozen=True)
 class StubConfig:
-    horizon: int = 3
-    start_steps: int = 4  # acting with the agent meanwhile (random_warmup False)
-    random_warmup: bool = False
+    start_steps: int = 4  # acting with the agent meanwhile (no random warm-up: `needs`)
     utd_ratio: int = 1
     batch_size: int = 4
     offline_ratio: float = 0.0
@@ -212,6 +211,9 @@ class ChunkStub(flax.struct.PyTreeNode):
     def sample_actions(self, observations, key, deterministic=False):
         return 0.1 * observations + 0.01 * jnp.arange(3)
 
+    def needs(self, phase):
+        return Needs(horizon=3, random_warmup=False)
+
     def q_values(self, observations, actions):
         return observations[..., 0]  # Q = t, to tell which steps the Q-bias reads
 
@@ -221,15 +223,17 @@ EPISODE_ACTIONS = [0.0, 0.01, 0.02, 0.3, 0.31, 0.32, 0.6]  # chunks drawn at t =
 
 def test_chunks_run_open_loop_online_and_in_evaluation(tmp_path):
     task = Task("probe", PROBE, 0.0, 1.0, "test", max_episode_steps=7)
+    agent = ChunkStub(jnp.int32(0), StubConfig())
     loop = OnlineLoop(
         task,
-        ChunkStub(jnp.int32(0), StubConfig()),
+        agent,
         MixedSampler.create(None),
         tmp_path,
         online_steps=14,
         seed=0,
         eval_interval=14,
         eval_episodes=1,
+        needs=agent.needs("online"),
     )
     progress = loop.run()
     data = {k: np.asarray(v) for k, v in loop.buffer.data.items()}

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from o2o.agents.sac import EDAC, NAIVE, RLPD, SAC, SAC_DEFAULT, SAC_N, SACConfig
-from o2o.checkpoint import load_checkpoint, save_checkpoint
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -135,31 +134,6 @@ def test_learns_known_answer_bandit():
     assert float(metrics["critic_loss"]) < 0.05
 
 
-def test_deterministic_under_seed_and_checkpoint_round_trip(tmp_path):
-    cfg = dataclasses.replace(SAC_DEFAULT, **TINY)
-    upd = jax.jit(lambda a, b: a.update(b))
-    b = batch(jax.random.key(0), utd=1)
-    a1, _ = upd(SAC.create(cfg, OBS, ACT, 3), b)
-    a2, _ = upd(SAC.create(cfg, OBS, ACT, 3), b)
-    for x, y in zip(
-        jax.tree.leaves(a1.actor.params), jax.tree.leaves(a2.actor.params), strict=True
-    ):
-        np.testing.assert_array_equal(x, y)
-
-    save_checkpoint(tmp_path / "ckpt", a1, {"env_steps": 5})
-    template = SAC.create(cfg, OBS, ACT, 99)
-    restored, progress = load_checkpoint(tmp_path / "ckpt", template)
-    assert progress == {"env_steps": 5}
-    obs = jnp.ones((1, 3))
-    np.testing.assert_array_equal(
-        restored.sample_actions(obs, jax.random.key(0)), a1.sample_actions(obs, jax.random.key(0))
-    )
-    np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(a1.rng))
-    other = SAC.create(dataclasses.replace(cfg, num_critics=3), OBS, ACT, 0)
-    with pytest.raises(ValueError, match="different configuration"):
-        load_checkpoint(tmp_path / "ckpt", other)
-
-
 def test_config_rejects_subset_larger_than_ensemble():
     with pytest.raises(ValueError, match="num_min_critics"):
         SACConfig(num_critics=2, num_min_critics=3)
@@ -192,6 +166,18 @@ def test_edac_diversity_term_by_hand():
     plain_loss, _ = plain.critic_loss(agent.critic.params, b, key)
     np.testing.assert_allclose(loss, plain_loss + eta / n * expected, rtol=1e-4)
     assert float(info["diversity"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_edac_term_has_a_finite_gradient_where_a_critic_is_flat():
+    """A critic whose action-gradient is zero on some row (dead ReLUs): the unit gradient is 0
+    there and the term's gradient stays finite, as in PyTorch (it was NaN, and so the critic)."""
+    cfg = dataclasses.replace(EDAC, **TINY, num_critics=2, num_min_critics=2)
+    agent = SAC.create(cfg, OBS, ACT, 0)
+    params = jax.tree.map(lambda p: p.at[0].set(0.0), agent.critic.params)  # member 0 is flat
+    b = batch(jax.random.key(7))
+    grads = jax.grad(agent.gradient_diversity)(params, b)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert float(agent.gradient_diversity(params, b)) == 0.0  # no pair with a non-zero cosine
 
 
 def test_edac_training_lowers_the_gradient_alignment():

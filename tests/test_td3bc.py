@@ -304,3 +304,18 @@ def test_registered_with_reference_recipes():
     assert REBRAC.online_critic_bc == 0.0
     with pytest.raises(ValueError, match="actor_q"):
         dataclasses.replace(TD3BC_DEFAULT, actor_q="mean")
+
+
+def test_rebrac_declares_next_actions_in_the_phases_whose_penalty_is_on():
+    """The data layer provides `next_actions` where the agent says it needs them: offline for
+    ReBRAC's critic penalty, online only if the penalty stays on (CORL turns it off)."""
+    rebrac = TD3BC.create(PRESETS["rebrac"], OBS, ACT, 0)
+    assert rebrac.needs("offline").batch_fields == {"next_actions"}
+    assert rebrac.needs("online").batch_fields == set()
+    kept = dataclasses.replace(PRESETS["rebrac"], online_critic_bc=0.01)
+    assert TD3BC.create(kept, OBS, ACT, 0).needs("online").batch_fields == {"next_actions"}
+    td3bc = TD3BC.create(PRESETS["td3bc"], OBS, ACT, 0)
+    assert (
+        td3bc.needs("offline").batch_fields == set()
+        and td3bc.needs("offline").normalize_observations
+    )

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps
+from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, ensemble_state
 from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
@@ -218,5 +218,13 @@ class AWAC(flax.struct.PyTreeNode):
         """Identity: CORL fine-tunes AWAC online with its offline losses and settings."""
         return self
 
+    def needs(self, phase: Phase) -> Needs:
+        return Needs(normalize_observations=self.config.normalize_observations)
 
-register("awac", AWAC, AWAC_LOCOMOTION, "advantage-weighted actor-critic (CORL, locomotion)")
+
+register(
+    "awac",
+    AWAC,
+    {"locomotion": AWAC_LOCOMOTION, "navigation": AWAC_ANTMAZE},
+    "advantage-weighted actor-critic (CORL)",
+)

@@ -6,18 +6,26 @@ An agent is an immutable pytree (`flax.struct.PyTreeNode`); see DESIGN.md:
   minibatches, consumed inside `jax.lax.scan`;
 - `sample_actions(obs, key, deterministic)` acts;
 - `q_values(obs, actions)` feeds the Q-bias diagnostics;
-- `on_switch(config)` applies what changes at the offline-to-online switch.
+- `on_switch(config)` applies what changes at the offline-to-online switch;
+- `needs(phase)` declares, as one `Needs` value per phase, what the rest of the system must
+  provide: the data layer, the loops and the pipeline read it and never inspect an agent's
+  config fields or class to guess.
 
-Chunked agents (QC) set `horizon` on their config: `sample_actions` returns that many actions
-flattened step-major, [..., horizon * A], executed open-loop; `q_values` takes such chunks;
-batches are windows of `horizon` steps (`o2o.data.buffer.ReplayBuffer.sample_windows`).
+Chunked agents (QC) need a `horizon` > 1: `sample_actions` returns that many actions flattened
+step-major, [..., horizon * A], executed open-loop; `q_values` takes such chunks; batches are
+windows of `horizon` steps (`o2o.data.buffer.ReplayBuffer.sample_windows`).
+
+Each algorithm registers its reference recipes as named presets: per task family
+(`locomotion`, `navigation`: `o2o.envs.tasks.Task.family`), and per task or dataset where the
+reference tunes one (SAC-N's ensemble size, ReBRAC's penalties); `AgentSpec.preset` picks the
+most specific one for a task.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import gymnasium as gym
 import jax
@@ -36,9 +44,41 @@ class AgentConfig(Protocol):
     discount: float
 
 
-def chunk_horizon(config: Any) -> int:
-    """Actions per chunk of an agent with this config: its `horizon`, 1 for single-step agents."""
-    return getattr(config, "horizon", 1)
+Phase = Literal["offline", "online"]
+BATCH_FIELDS = ("next_actions", "mc_returns")  # what `Needs.batch_fields` may ask for
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What an agent requires of the data layer, the loops and the pipeline in one phase."""
+
+    batch_fields: frozenset[str] = frozenset()
+    """Batch fields beyond (s, a, r, s', m): `next_actions` (the logged action at s'; online,
+    the agent's own action at s', as CORL's ReBRAC), `mc_returns` (the discounted Monte-Carlo
+    return from s; online, written when the episode ends)."""
+    loop: Literal["off_policy", "on_policy"] = "off_policy"
+    """Online: a replay buffer and updates every step (`OnlineLoop`), or rollouts from
+    vectorised environments that are used once (`OnPolicyLoop`)."""
+    horizon: int = 1
+    """Actions per chunk; batches are windows of `horizon` steps, with episode `ends`."""
+    random_warmup: bool = True
+    """Whether the `start_steps` warm-up acts uniformly at random (else with the policy, and
+    only the updates wait)."""
+    normalize_observations: bool = False
+    """States standardised by the dataset's mean and std, offline, online and in evaluation."""
+    reward_scale_by_return_range: bool = False
+    """Rewards scaled so that the dataset's episode returns span 1000 (IQL's locomotion
+    recipe), offline and online."""
+    policy_format: Literal["tanh_gaussian"] | None = None
+    """The policy file `--save-policies` writes (`tanh_gaussian`: the zoo's, `o2o.zoo`);
+    None: the agent's policy has no file format."""
+
+    def __post_init__(self):
+        unknown = set(self.batch_fields) - set(BATCH_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown batch fields {sorted(unknown)}; known: {BATCH_FIELDS}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon={self.horizon} must be at least 1")
 
 
 class Agent(Protocol):
@@ -58,6 +98,8 @@ class Agent(Protocol):
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array: ...
 
     def on_switch(self, config: Any = None) -> Agent: ...
+
+    def needs(self, phase: Phase) -> Needs: ...
 
 
 def compiled_create(create):
@@ -117,20 +159,44 @@ def switch_parts(agent: Any, freeze: tuple[str, ...] = (), reset_optimizers: boo
     return agent.replace(**changes)
 
 
+DEFAULT_PRESET = "default"
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentSpec:
-    """A registered algorithm: its agent class and its default (reference) config."""
+    """A registered algorithm: its agent class and its reference recipes, by preset name (a
+    task family, a task or a dataset); the first is the default."""
 
     agent_cls: type
-    default_config: Any
+    presets: dict[str, Any]
     summary: str
+
+    @property
+    def default_config(self) -> Any:
+        return next(iter(self.presets.values()))
+
+    @property
+    def default_preset(self) -> str:
+        return next(iter(self.presets))
+
+    def preset(self, dataset: str | None, task: str, family: str) -> tuple[str, Any]:
+        """(name, config) of the most specific recipe: the dataset's (TASK-LEVEL), the task's,
+        the family's, else the default."""
+        for key in (dataset, task, family):
+            if key is not None and key in self.presets:
+                return key, self.presets[key]
+        return self.default_preset, self.default_config
 
 
 AGENTS: dict[str, AgentSpec] = {}
 
 
-def register(name: str, agent_cls: type, default_config: Any, summary: str) -> None:
-    AGENTS[name] = AgentSpec(agent_cls, default_config, summary)
+def register(name: str, agent_cls: type, presets: Any, summary: str) -> None:
+    """Register algorithm `name`: `presets` maps preset names to configs, the first the
+    default (a single config: the only preset, named `default`)."""
+    if not isinstance(presets, dict):
+        presets = {DEFAULT_PRESET: presets}
+    AGENTS[name] = AgentSpec(agent_cls, dict(presets), summary)
 
 
 def get_agent(name: str) -> AgentSpec:

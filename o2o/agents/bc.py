@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps
+from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
 from o2o.nets.mlp import MLP
 from o2o.nets.policies import TanhGaussian, tanh_gaussian_log_prob, tanh_gaussian_sample
 
@@ -132,6 +132,9 @@ class BC(flax.struct.PyTreeNode):
 
     def on_switch(self, config: Any = None) -> BC:
         return self
+
+    def needs(self, phase: Phase) -> Needs:
+        return Needs(normalize_observations=self.config.normalize_observations)
 
 
 register("bc", BC, BC_GAUSSIAN, "behaviour cloning: tanh-Gaussian max-likelihood (jaxrl2)")

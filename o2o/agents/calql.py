@@ -25,17 +25,20 @@ PointMaze tasks use r - 1 for every agent.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-from o2o.agents.base import register
+from o2o.agents.base import Needs, Phase, register
 from o2o.agents.cql import CQL, CQL_ANTMAZE, CQL_LOCOMOTION
 
 
 class CalQL(CQL):
-    uses_mc_returns: ClassVar[bool] = True  # batches need `mc_returns` (offline and online)
+    def needs(self, phase: Phase) -> Needs:
+        """CQL's, with `mc_returns` in every batch, offline and online."""
+        needs = super().needs(phase)
+        return dataclasses.replace(needs, batch_fields=needs.batch_fields | {"mc_returns"})
 
     def bound_policy_values(
         self, q_pi: jax.Array, batch: dict[str, jax.Array]
@@ -53,4 +56,9 @@ class CalQL(CQL):
 CALQL_LOCOMOTION = CQL_LOCOMOTION
 CALQL_ANTMAZE = CQL_ANTMAZE
 
-register("calql", CalQL, CALQL_LOCOMOTION, "Cal-QL: CQL with its penalty floored at MC returns")
+register(
+    "calql",
+    CalQL,
+    {"locomotion": CALQL_LOCOMOTION, "navigation": CALQL_ANTMAZE},
+    "Cal-QL: CQL with its penalty floored at MC returns",
+)

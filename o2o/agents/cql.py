@@ -28,7 +28,8 @@ Recipe (`CQL_LOCOMOTION`: `get_default_config` and main flags of Cal-QL's JaxCQL
 cql_alpha 5, N = 10, importance sampling, T = 1, no clipping, initial temperature 1, no entropy
 backup; no max backup (young-geng/JaxCQL and CORL's offline default; Cal-QL's copy defaults to
 it). `CQL_ANTMAZE` (Cal-QL `scripts/run_antmaze.sh`): Lagrange with g = 0.8, max backup, 4x256
-networks; its reward rescaling 10 r - 5 belongs to the task registry, not the agent.
+networks; its reward rescaling 10 r - 5 belongs to the task registry, not the agent. The
+registry names them `locomotion` and `navigation` (PointMaze), and `o2o train` picks by task.
 
 Choices and deviations:
 - Actor lr 1e-4 as Cal-QL's JaxCQL and CORL's fine-tuning CQL; CORL's offline `cql.py` uses
@@ -286,4 +287,9 @@ class CQL(SAC):
         return self if online is None else self.replace(cql_alpha=jnp.float32(online))
 
 
-register("cql", CQL, CQL_LOCOMOTION, "conservative Q-learning on SAC (locomotion recipe)")
+register(
+    "cql",
+    CQL,
+    {"locomotion": CQL_LOCOMOTION, "navigation": CQL_ANTMAZE},
+    "conservative Q-learning on SAC",
+)

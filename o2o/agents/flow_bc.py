@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps
+from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
 
@@ -103,6 +103,9 @@ class FlowBC(flax.struct.PyTreeNode):
 
     def on_switch(self, config: Any = None) -> FlowBC:
         return self
+
+    def needs(self, phase: Phase) -> Needs:
+        return Needs(normalize_observations=self.config.normalize_observations)
 
 
 register("flow_bc", FlowBC, FlowBCConfig(), "flow-matching behaviour cloning (FQL's BC flow)")

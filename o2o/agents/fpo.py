@@ -46,7 +46,7 @@ compare the state value with the Monte-Carlo return.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.struct
 import gymnasium as gym
@@ -55,7 +55,14 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, gradient_step, register, scan_update_steps
+from o2o.agents.base import (
+    Needs,
+    Phase,
+    compiled_create,
+    gradient_step,
+    register,
+    scan_update_steps,
+)
 from o2o.agents.flow_bc import FlowBC
 from o2o.nets.ensemble import StateValue
 from o2o.nets.policies import FlowField, flow_matching_error
@@ -136,9 +143,6 @@ class FPO(flax.struct.PyTreeNode):
     rng: jax.Array
     config: FPOConfig = flax.struct.field(pytree_node=False)
     action_dim: int = flax.struct.field(pytree_node=False, default=1)
-
-    uses_mc_returns: ClassVar[bool] = True  # offline batches carry `mc_returns` for V
-    on_policy: ClassVar[bool] = True  # the online phase is `o2o.train.onpolicy.OnPolicyLoop`
 
     @classmethod
     @compiled_create
@@ -297,6 +301,13 @@ class FPO(flax.struct.PyTreeNode):
 
     def on_switch(self, config: Any = None) -> FPO:
         return self
+
+    def needs(self, phase: Phase) -> Needs:
+        """Offline: `mc_returns` for V. Online: on-policy rollouts (`o2o.train.onpolicy`)."""
+        normalize = self.config.normalize_observations
+        if phase == "offline":
+            return Needs(batch_fields=frozenset({"mc_returns"}), normalize_observations=normalize)
+        return Needs(loop="on_policy", normalize_observations=normalize)
 
 
 register("fpo", FPO, FPOConfig(), "FPO: flow BC pre-training, then flow policy gradients (PPO)")

@@ -12,8 +12,11 @@ Recipe (`agents/fql.py: get_config`): (512, 512, 512, 512) MLPs for both actors 
 LayerNorm in the critic only, 2 critics whose mean (`q_agg='mean'`; `min` for some tasks) is
 both the target and the actor's objective, alpha 10, 10 Euler steps for the BC flow, Q loss
 not normalised (`normalize_q_loss=True` scales it by 1 / mean |Q|, the README's advice for new
-environments), lr 3e-4, batch 256, gamma 0.99, tau 0.005. Actions from either actor are
-clipped to [-1, 1]; the TD loss is the mean over critics and rows.
+environments), lr 3e-4, batch 256, gamma 0.99, tau 0.005. Actions are clipped to [-1, 1]
+where they act or Q is evaluated (the BC flow's output always); the distillation loss takes the
+one-step policy's output unclipped. The TD loss is the mean over critics and rows.
+One preset for every task: the reference's D4RL AntMaze commands keep these defaults (alpha 10;
+3 on the large mazes), and it has no locomotion recipe.
 
 Choices and deviations:
 - The reference sums the three losses and takes one Adam step on the joint parameters. Each
@@ -39,7 +42,14 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, gradient_step, register, scan_update_steps
+from o2o.agents.base import (
+    Needs,
+    Phase,
+    compiled_create,
+    gradient_step,
+    register,
+    scan_update_steps,
+)
 from o2o.nets.ensemble import StateActionValue, ensemble_state, reduce_members
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
@@ -124,6 +134,7 @@ class FQL(flax.struct.PyTreeNode):
         return reduce_members(qs, self.config.q_agg)
 
     def _one_step(self, params, observations: jax.Array, noise: jax.Array) -> jax.Array:
+        """mu(s, z) clipped to the action bounds: what acts and what Q is evaluated at."""
         return jnp.clip(self.actor.apply_fn(params, observations, noise), -1.0, 1.0)
 
     def _noise(self, key: jax.Array, observations: jax.Array) -> jax.Array:
@@ -149,15 +160,18 @@ class FQL(flax.struct.PyTreeNode):
         return loss, {"bc_flow_loss": loss}
 
     def actor_loss(self, actor_params, batch, key) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """alpha E||mu(s, z) - flow(s, z)||^2 / |A| - lam E[agg_i Q_i(s, mu(s, z))], lam 1 or
-        1 / E|Q| (stopped gradient) with `normalize_q_loss`."""
+        """alpha E||mu(s, z) - flow(s, z)||^2 / |A| - lam E[agg_i Q_i(s, clip(mu(s, z)))], lam 1
+        or 1 / E|Q| (stopped gradient) with `normalize_q_loss`. The distillation takes mu
+        unclipped, as the reference: clipping there would cut the gradient of every dimension
+        past a bound, and the one-step policy could drift out of bounds unchecked."""
         obs = batch["observations"]
         noise = self._noise(key, obs)
         target = flow_actions(
             self.actor_flow.apply_fn, self.actor_flow.params, obs, noise, self.config.flow_steps
         )
-        actions = self._one_step(actor_params, obs, noise)
-        distill = jnp.mean((actions - target) ** 2)
+        raw = self.actor.apply_fn(actor_params, obs, noise)
+        distill = jnp.mean((raw - target) ** 2)
+        actions = jnp.clip(raw, -1.0, 1.0)
         q = self._aggregate(self.critic.apply_fn(self.critic.params, obs, actions))
         lam = (
             jax.lax.stop_gradient(1.0 / jnp.abs(q).mean()) if self.config.normalize_q_loss else 1.0
@@ -202,6 +216,9 @@ class FQL(flax.struct.PyTreeNode):
 
     def on_switch(self, config: Any = None) -> FQL:
         return self
+
+    def needs(self, phase: Phase) -> Needs:
+        return Needs(normalize_observations=self.config.normalize_observations)
 
 
 register("fql", FQL, FQLConfig(), "flow Q-learning: BC flow + one-step policy against Q")

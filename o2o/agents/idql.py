@@ -183,4 +183,9 @@ class IDQL(IQL):
         return switch_parts(stopped, freeze=("actor",))
 
 
-register("idql", IDQL, IDQL_LOCOMOTION, "IDQL: IQL critic, flow BC actor, best-of-N by Q")
+register(
+    "idql",
+    IDQL,
+    {"locomotion": IDQL_LOCOMOTION, "navigation": IDQL_ANTMAZE},
+    "IDQL: IQL critic, flow BC actor, best-of-N by Q",
+)

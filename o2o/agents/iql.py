@@ -46,7 +46,14 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, gradient_step, register, scan_update_steps
+from o2o.agents.base import (
+    Needs,
+    Phase,
+    compiled_create,
+    gradient_step,
+    register,
+    scan_update_steps,
+)
 from o2o.nets.ensemble import StateActionValue, StateValue, ensemble_state
 from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
@@ -212,5 +219,16 @@ class IQL(flax.struct.PyTreeNode):
         constant after `decay_steps`."""
         return self
 
+    def needs(self, phase: Phase) -> Needs:
+        return Needs(
+            normalize_observations=self.config.normalize_observations,
+            reward_scale_by_return_range=self.config.reward_scale_by_return_range,
+        )
 
-register("iql", IQL, IQL_LOCOMOTION, "implicit Q-learning: expectile V, AWR actor (locomotion)")
+
+register(
+    "iql",
+    IQL,
+    {"locomotion": IQL_LOCOMOTION, "navigation": IQL_ANTMAZE},
+    "implicit Q-learning: expectile V, AWR actor",
+)

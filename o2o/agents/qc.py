@@ -54,6 +54,8 @@ import optax
 from flax.training.train_state import TrainState
 
 from o2o.agents.base import (
+    Needs,
+    Phase,
     compiled_create,
     gradient_step,
     register,
@@ -237,6 +239,15 @@ class QC(flax.struct.PyTreeNode):
         if (config or self.config).freeze_prior:
             return switch_parts(self, freeze=("actor",))
         return self
+
+    def needs(self, phase: Phase) -> Needs:
+        """Windows of `horizon` steps; the warm-up acts with the agent unless `random_warmup`."""
+        cfg = self.config
+        return Needs(
+            horizon=cfg.horizon,
+            random_warmup=cfg.random_warmup,
+            normalize_observations=cfg.normalize_observations,
+        )
 
 
 register("qc", QC, QCConfig(), "Q-chunking: best-of-N chunks from a flow prior, chunked critic")

@@ -21,12 +21,25 @@ textbook SAC at 3e-4 at 486-515, and with the critic at 1e-3 at 856-2,018 over 4
 Offline ensembles (An, Moon, Kim, Song 2021, "Uncertainty-Based Offline RL with Diversified
 Q-Ensemble"), as in CORL's `algorithms/offline/{sac_n,edac}.py`: N critics of 3 x 256 without
 LayerNorm, target = min over all N, the actor maximises the min over all N, entropy backup on,
-target entropy -|A|, every learning rate 3e-4, batch 256. `sac-n` uses N = 10; `edac` adds the
-ensemble-gradient diversity term
+target entropy -|A|, every learning rate 3e-4, batch 256. `edac` adds the ensemble-gradient
+diversity term
     eta / (N - 1) E_s,a[ sum_{i != j} <g_i, g_j> ],  g_i = grad_a Q_i(s, a) / (|grad_a Q_i| + 1e-10)
-on dataset actions, with N = 10 and eta = 1 (CORL's walker2d and halfcheetah configs; its
-hopper configs use N = 50). CORL sums the TD loss over critics, o2o averages it, so the term is
-added as eta / N times the above, which keeps CORL's ratio of the two.
+on dataset actions. CORL sums the TD loss over critics, o2o averages it, so the term is added as
+eta / N times the above, which keeps CORL's ratio of the two. N and eta are CORL's per dataset
+(`configs/offline/{sac_n,edac}/*/*.yaml`), registered as presets of that name:
+
+    dataset                        sac-n N   edac N, eta
+    hopper-medium                    500       50, 1
+    hopper-medium-replay/-expert     200       50, 1
+    walker2d-medium/-replay           20       10, 1
+    walker2d-medium-expert            20       10, 5
+    halfcheetah-medium/-replay        10       10, 1
+    halfcheetah-medium-expert         10       10, 5
+    any other (`default`)             10       10, 1
+
+Presets: `rlpd`'s `navigation` is the reference AntMaze command (ikostrikov/rlpd README: no
+entropy backup, 3 x 256 networks, the target's min over a subset of 1); its reward shift r - 1
+is the task registry's (`o2o.envs.maze`). `sac`, `naive`: one recipe for every task.
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register
+from o2o.agents.base import Needs, Phase, compiled_create, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state, subset
 from o2o.nets.policies import TanhGaussian, tanh_gaussian_sample
 
@@ -114,6 +127,44 @@ SAC_N = dataclasses.replace(
     target_entropy_per_dim=-1.0,
 )
 EDAC = dataclasses.replace(SAC_N, diversity_weight=1.0)
+RLPD_NAVIGATION = dataclasses.replace(
+    RLPD, hidden_dims=(256, 256, 256), backup_entropy=False, num_min_critics=1
+)
+
+
+def _ensemble(base: SACConfig, n: int, **changes) -> SACConfig:
+    """`base` with n critics, the target's min over all of them."""
+    return dataclasses.replace(base, num_critics=n, num_min_critics=n, **changes)
+
+
+SAC_N_PRESETS = {
+    "default": SAC_N,
+    "hopper-medium": _ensemble(SAC_N, 500),
+    "hopper-medium-replay": _ensemble(SAC_N, 200),
+    "hopper-medium-expert": _ensemble(SAC_N, 200),
+    **{
+        f"walker2d-{level}": _ensemble(SAC_N, 20)
+        for level in ("medium", "medium-replay", "medium-expert")
+    },
+}
+EDAC_PRESETS = {
+    "default": EDAC,
+    **{
+        f"hopper-{level}": _ensemble(EDAC, 50)
+        for level in ("medium", "medium-replay", "medium-expert")
+    },
+    "walker2d-medium-expert": dataclasses.replace(EDAC, diversity_weight=5.0),
+    "halfcheetah-medium-expert": dataclasses.replace(EDAC, diversity_weight=5.0),
+}
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    """Euclidean norm over the last axis (kept) whose gradient is 0 at x = 0, as PyTorch's
+    (CORL's EDAC): jnp.linalg.norm's is NaN there, and a critic with every ReLU on a row's
+    path off has a zero action-gradient, which would turn the whole critic to NaN."""
+    squared = jnp.sum(x**2, axis=-1, keepdims=True)
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
 def _mean_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -214,7 +265,7 @@ class SAC(flax.struct.PyTreeNode):
         grads = jax.grad(lambda a: self.critic.apply_fn.per_member(critic_params, obs, a).sum())(
             actions
         )  # [N, B, A]: member i's Q depends only on its own copy of the actions
-        grads = grads / (jnp.linalg.norm(grads, axis=-1, keepdims=True) + 1e-10)
+        grads = grads / (_norm(grads) + 1e-10)
         gram = jnp.einsum("iba,jba->bij", grads, grads)
         off_diagonal = gram.sum((1, 2)) - jnp.trace(gram, axis1=1, axis2=2)
         return off_diagonal.mean() / (n - 1)
@@ -272,9 +323,21 @@ class SAC(flax.struct.PyTreeNode):
     def on_switch(self, config: Any = None) -> SAC:
         return self
 
+    def needs(self, phase: Phase) -> Needs:
+        """The same in both phases; the actor is a tanh-Gaussian, the zoo's policy format."""
+        return Needs(
+            normalize_observations=self.config.normalize_observations,
+            policy_format="tanh_gaussian",
+        )
 
-register("rlpd", SAC, RLPD, "SAC with the RLPD recipe: 10 LayerNorm critics, UTD 20, 50/50 data")
+
+register(
+    "rlpd",
+    SAC,
+    {"locomotion": RLPD, "navigation": RLPD_NAVIGATION},
+    "SAC with the RLPD recipe: 10 LayerNorm critics, UTD 20, 50/50 data",
+)
 register("sac", SAC, SAC_DEFAULT, "soft actor-critic: 2 critics, UTD 1, online data only")
 register("naive", SAC, NAIVE, "offline SAC, no regularisation: the overestimation baseline")
-register("sac-n", SAC, SAC_N, "SAC-N: 10 critics, target and actor use the min over all")
-register("edac", SAC, EDAC, "EDAC: SAC-N plus the ensemble-gradient diversity term, eta 1")
+register("sac-n", SAC, SAC_N_PRESETS, "SAC-N: N critics (CORL's per dataset), min over all")
+register("edac", SAC, EDAC_PRESETS, "EDAC: SAC-N plus the ensemble-gradient diversity term")

@@ -18,8 +18,24 @@ ReBRAC (`REBRAC`, CORL `offline/rebrac.py`, `finetune/rebrac.py`) generalises th
   dataset (hopper-medium 0.01 / 0.01, walker2d-medium 0.05 / 0.1; AntMaze: batch 256, actor lr
   3e-4, critic lr 5e-5, gamma 0.999, e.g. large-play 0.002 / 0.001).
 - fine-tuning (CORL `finetune/rebrac.py`): batches half offline (`offline_ratio` 0.5); at the
-  switch the critic penalty is dropped (`online_critic_bc` 0), so online batches need no
-  `next_actions`.
+  switch the critic penalty is dropped (`online_critic_bc` 0). With `online_critic_bc` != 0
+  online batches need `next_actions` too: the dataset's for offline rows, and for online rows
+  the agent's own action at s' drawn when the transition is stored (CORL's online buffer holds
+  the actor's noisy action at s', not the action later taken there).
+- Presets: CORL's offline coefficients per locomotion dataset (`configs/offline/rebrac/
+  TASK/LEVEL_v2.yaml`, beta_actor / beta_critic), registered under the dataset's name:
+
+      level           halfcheetah      hopper         walker2d
+      random          0.001 / 0.1      0.001 / 0.01   0.01 / 0
+      medium          0.001 / 0.01     0.01 / 0.01    0.05 / 0.1
+      medium-replay   0.01 / 0.001     0.05 / 0.5     0.05 / 0.01
+      medium-expert   0.01 / 0.1       0.1 / 0.01     0.01 / 0.01
+      expert          0.01 / 0.01      0.1 / 0.1      0.01 / 0.5
+
+  every other field as `REBRAC` (`locomotion`: the halfcheetah-medium values). `navigation`
+  is CORL's fine-tuning antmaze-umaze config: batch 256, actor lr 3e-4, critic lr 5e-5,
+  gamma 0.999, beta 0.003 / 0.002. Its reward x 100 is not applied: o2o's PointMaze rewards
+  are the registry's r - 1 for every agent.
 
 Not in the agent:
 - Observation normalisation by the dataset's mean and std (TD3+BC's recipe, on in CORL
@@ -51,7 +67,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, gradient_step, register
+from o2o.agents.base import Needs, Phase, compiled_create, gradient_step, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state
 from o2o.nets.mlp import MLP
 
@@ -109,6 +125,41 @@ REBRAC = TD3BCConfig(
     normalize_observations=False,
     online_bc_decay_steps=1_000_000,
 )
+REBRAC_NAVIGATION = dataclasses.replace(
+    REBRAC,
+    batch_size=256,
+    actor_lr=3e-4,
+    critic_lr=5e-5,
+    discount=0.999,
+    actor_bc=0.003,
+    critic_bc=0.002,
+)
+# CORL's (beta_actor, beta_critic) per locomotion dataset (see the module notes).
+REBRAC_COEFFICIENTS = {
+    "halfcheetah-random": (0.001, 0.1),
+    "halfcheetah-medium": (0.001, 0.01),
+    "halfcheetah-medium-replay": (0.01, 0.001),
+    "halfcheetah-medium-expert": (0.01, 0.1),
+    "halfcheetah-expert": (0.01, 0.01),
+    "hopper-random": (0.001, 0.01),
+    "hopper-medium": (0.01, 0.01),
+    "hopper-medium-replay": (0.05, 0.5),
+    "hopper-medium-expert": (0.1, 0.01),
+    "hopper-expert": (0.1, 0.1),
+    "walker2d-random": (0.01, 0.0),
+    "walker2d-medium": (0.05, 0.1),
+    "walker2d-medium-replay": (0.05, 0.01),
+    "walker2d-medium-expert": (0.01, 0.01),
+    "walker2d-expert": (0.01, 0.5),
+}
+REBRAC_PRESETS = {
+    "locomotion": REBRAC,
+    "navigation": REBRAC_NAVIGATION,
+    **{
+        dataset: dataclasses.replace(REBRAC, actor_bc=actor_bc, critic_bc=critic_bc)
+        for dataset, (actor_bc, critic_bc) in REBRAC_COEFFICIENTS.items()
+    },
+}
 
 
 class TD3BC(flax.struct.PyTreeNode):
@@ -270,6 +321,15 @@ class TD3BC(flax.struct.PyTreeNode):
             config=dataclasses.replace(self.config, critic_bc=self.config.online_critic_bc)
         )
 
+    def needs(self, phase: Phase) -> Needs:
+        """`next_actions` in the phases whose critic penalty is on (ReBRAC offline)."""
+        cfg = self.config
+        critic_bc = cfg.critic_bc if phase == "offline" else cfg.online_critic_bc
+        return Needs(
+            batch_fields=frozenset({"next_actions"} if critic_bc else ()),
+            normalize_observations=cfg.normalize_observations,
+        )
+
 
 register("td3bc", TD3BC, TD3BC_DEFAULT, "TD3+BC: TD3 with a normalised-Q + MSE-to-data actor")
-register("rebrac", TD3BC, REBRAC, "ReBRAC: TD3+BC with LayerNorm, actor and critic BC")
+register("rebrac", TD3BC, REBRAC_PRESETS, "ReBRAC: TD3+BC with LayerNorm, actor and critic BC")

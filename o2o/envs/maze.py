@@ -125,6 +125,7 @@ class MazeTask(Task):
     default_level: str | None = "planner"
     reward_transform: RewardTransform = SPARSE_TO_MINUS_ONE
     success_metric: bool = True
+    family: str = "navigation"  # sparse-reward goal reaching: the agents' AntMaze recipes
     start_cell: tuple[int, int] = (0, 0)
     goal_cell: tuple[int, int] = (0, 0)
 

@@ -94,6 +94,7 @@ class Task:
     reward_transform: RewardTransform = IDENTITY
     observation_normalizer: ObservationNormalizer | None = None  # set per run (learning_task)
     success_metric: bool = False  # report success_rate (sparse goal-reaching tasks)
+    family: str = "locomotion"  # which of an agent's reference presets applies (o2o.agents)
 
     def base_env(self) -> gym.Env:
         """The environment, with actions rescaled to [-1, 1] where its bounds differ."""

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from o2o.diagnostics.finetune import finetune_metrics
-from o2o.logging import read_metrics
+from o2o.logging import read_episodes, read_metrics
 from o2o.report.tables import markdown_table, mean_std
 
 PANELS = {
@@ -60,7 +60,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     offline_steps = max((r["step"] for r in records if r["phase"] == "offline"), default=0)
     for r in records:  # the switch at x = 0
         r["x"] = r["step"] - offline_steps if r["phase"] == "offline" else r["env_steps"]
-    metrics = finetune_metrics(records)
+    metrics = finetune_metrics(records, read_episodes(run_dir))
     if not metrics and offline_steps:  # an offline-only run: its final offline score
         metrics["offline_score"] = records[-1]["normalized_score"]
     return {"dir": run_dir, "config": config, "records": records, "metrics": metrics}
@@ -152,7 +152,8 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str = "o2o report"
     sources = "\n".join(f"- `{run['dir']}`" for run in runs)
     explain = (
         "Dip: the largest fall below the score at the switch in the first quarter of the "
-        "online phase; regret: mean of (100 - score) / 100 over online evaluations; Q bias: "
+        "online phase; regret: over the online training episodes, mean of 1 - success (Cal-QL's; "
+        "dense tasks: of 1 - clip(score, 0, 100) / 100); Q bias: "
         "mean Q(s, a) minus the discounted Monte-Carlo return (negative: pessimistic)."
     )
 

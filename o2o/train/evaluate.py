@@ -4,9 +4,16 @@ held-out dataset episodes.
 A chunked agent (`horizon` h > 1) executes each chunk it draws open-loop, drawing the next when
 the chunk is used up; its Q-bias compares Q(s_t, a_{t:t+h}) with the Monte-Carlo return from
 t at the chunk starts of the rollouts (chunks cut by the episode's end are left out), and on
-held-out episodes at every step with h logged actions left in its episode."""
+held-out episodes at every step with h logged actions left in its episode.
+
+Policies act with `deterministic=True`. Agents for which that still draws noise (flows: FQL,
+IDQL, QC, flow BC, FPO) get fresh noise at every decision, as the references evaluate, from a
+key sequence that restarts at each evaluation, so evaluations stay reproducible."""
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +25,9 @@ from o2o.envs.tasks import Task
 
 
 @jax.jit
-def _act(agent, observations: jax.Array) -> jax.Array:
-    return agent.sample_actions(observations, jax.random.key(0), deterministic=True)
+def _act(agent, observations: jax.Array, key: jax.Array, decision: jax.Array) -> jax.Array:
+    """The agent's deterministic action, with the noise of this `decision` (see above)."""
+    return agent.sample_actions(observations, jax.random.fold_in(key, decision), True)
 
 
 @jax.jit
@@ -57,9 +65,20 @@ class Evaluator:
         self.envs = [task.make_env() for _ in range(episodes)]
         self.holdout = _holdout(task, holdout, gamma, horizon) if holdout is not None else None
 
+    def policy(self, agent) -> Callable[[np.ndarray], np.ndarray]:
+        """The agent acting deterministically, for `rollouts`: fresh noise at each decision,
+        from a key sequence that starts anew with every call (see the module notes)."""
+        key, decisions = jax.random.key(self.seed), itertools.count()
+
+        def act(observations: np.ndarray) -> np.ndarray:
+            decision = jnp.int32(next(decisions))
+            return np.asarray(_act(agent, jnp.asarray(observations), key, decision))
+
+        return act
+
     def __call__(self, agent) -> dict[str, float]:
         returns, trajectories, terminated, successes = self.rollouts(
-            lambda obs: np.asarray(_act(agent, jnp.asarray(obs))), self.horizon
+            self.policy(agent), self.horizon
         )
         metrics = {
             "return_mean": float(returns.mean()),

@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from o2o.agents.base import chunk_horizon
 from o2o.checkpoint import load_checkpoint, save_checkpoint
 from o2o.data.buffer import ReplayBuffer
 from o2o.data.dataset import Dataset
@@ -68,6 +67,7 @@ class OfflineLoop:
     eval_interval: int
     eval_episodes: int
     holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
+    horizon: int = 1  # actions per chunk (`Needs.horizon`): batches are windows of steps
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -93,7 +93,7 @@ class OfflineLoop:
             seed=10_000 + self.seed,
             gamma=cfg.discount,
             holdout=self.holdout,
-            horizon=chunk_horizon(cfg),
+            horizon=self.horizon,
         )
         self.metrics: dict[str, Any] = {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0
@@ -116,7 +116,7 @@ class OfflineLoop:
                     num_updates=n,
                     utd=cfg.utd_ratio,
                     batch_size=cfg.batch_size,
-                    horizon=chunk_horizon(cfg),
+                    horizon=self.horizon,
                 )
                 self.metrics = metrics
                 self.progress.updates += n

@@ -6,17 +6,23 @@ at the sampler's ratio), the agent is updated under `lax.scan`, and the next act
 Checkpoints hold the agent, the buffer, every RNG and the counters, so a resumed run
 continues where it stopped and never repeats the random warm-up.
 
-Chunked agents (QC: `horizon` > 1) act through an action queue: a chunk drawn from the agent
-is executed open-loop, one action per environment step, and a new one is drawn when it is used
-up or the episode ends. Every step is still stored as one transition, with an `ends` flag,
-and updates sample windows of `horizon` steps from it. Agents whose config sets
-`random_warmup = False` act with their policy during the `start_steps` warm-up (which then
-only delays updates) instead of uniformly at random.
+What the loop provides follows the agent's declaration for the online phase (`needs`,
+`o2o.agents.base.Needs`):
+- chunked agents (QC: `horizon` > 1) act through an action queue: a chunk drawn from the agent
+  is executed open-loop, one action per environment step, and a new one is drawn when it is
+  used up or the episode ends. Every step is still stored as one transition, with an `ends`
+  flag, and updates sample windows of `horizon` steps from it;
+- without `random_warmup` the agent acts with its policy during the `start_steps` warm-up
+  (which then only delays updates) instead of uniformly at random;
+- `mc_returns` (Cal-QL): each online episode is stored when it ends, with the discounted
+  return from each of its steps, and updates start once the first one is stored. The episode
+  in progress at a checkpoint is not saved: a resumed run starts a fresh episode, as always;
+- `next_actions` (ReBRAC with an online critic penalty): each transition carries the agent's
+  own action at s', drawn when it is stored (CORL's online buffer).
 
-Agents that learn from Monte-Carlo returns (Cal-QL) get each online episode stored when it
-ends, with the discounted return from each of its steps (`mc_returns`), and start updating
-once the first one is stored. The episode in progress at a checkpoint is not saved: a resumed
-run starts a fresh episode, as always.
+Every finished training episode is logged to episodes.jsonl (its return, normalised score and,
+on tasks with a success metric, whether it succeeded): the run's regret is computed from them
+(`o2o.diagnostics.finetune`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o.agents.base import chunk_horizon
+from o2o.agents.base import Needs
 from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
@@ -85,11 +91,29 @@ class RunProgress:
     buffer_capacity: int = 0
 
 
-def example_transition(env, mc_returns: bool = False, ends: bool = False) -> dict[str, np.ndarray]:
-    """A zero transition: the online buffer's fields and shapes (`ends`: chunked agents')."""
+def episode_record(
+    task: Task, step: int, env_steps: int, episode_return: float, success: bool
+) -> dict[str, Any]:
+    """A finished training episode: the run's step and the env steps at its end, its return
+    (environment units), normalised score and, on tasks with a success metric, whether it
+    reached the goal."""
+    record = {
+        "step": step,
+        "env_steps": env_steps,
+        "return": episode_return,
+        "score": float(task.normalize(episode_return)),
+    }
+    return record | ({"success": success} if task.success_metric else {})
+
+
+def example_transition(env, needs: Needs) -> dict[str, np.ndarray]:
+    """A zero transition: the online buffer's fields and shapes, with the batch fields the
+    agent needs (and `ends` for windows of steps)."""
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    extra = {"mc_returns": np.float32(0)} if mc_returns else {}
-    extra |= {"ends": np.float32(0)} if ends else {}
+    extra = {"mc_returns": np.float32(0)} if "mc_returns" in needs.batch_fields else {}
+    if "next_actions" in needs.batch_fields:
+        extra["next_actions"] = np.zeros(act_dim, np.float32)
+    extra |= {"ends": np.float32(0)} if needs.horizon > 1 else {}
     return extra | {
         "observations": np.zeros(obs_dim, np.float32),
         "actions": np.zeros(act_dim, np.float32),
@@ -115,7 +139,7 @@ class OnlineLoop:
     policy_dir: Path | None = None  # where to keep the actor at every evaluation
     step_offset: int = 0  # offline updates before this phase: records' `step` continues them
     holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
-    mc_returns: bool = False  # store each episode when it ends, with its Monte-Carlo returns
+    needs: Needs = field(default_factory=Needs)  # the agent's, for the online phase
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -123,7 +147,8 @@ class OnlineLoop:
 
     def run(self) -> RunProgress:
         cfg = self.agent.config
-        self.horizon = chunk_horizon(cfg)
+        self.horizon = self.needs.horizon
+        self.mc_returns = "mc_returns" in self.needs.batch_fields
         self._restore()
         resumed = self.progress.env_steps > 0
         keep = self.step_offset + self.progress.env_steps if resumed else self.step_offset
@@ -166,14 +191,14 @@ class OnlineLoop:
         self.obs = obs.astype(np.float32)
         self.key, key_act = jax.random.split(self.key)
         self.queue = self._chunk(_act(self.agent, jnp.asarray(self.obs), key_act))
-        self.episode_return = 0.0
+        self.episode_return, self.episode_success = 0.0, False
         self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
 
     def _restore(self) -> None:
         """The environment, and fresh state or the checkpoint's (growing the buffer if the run
         was extended)."""
         self.env = self.task.make_env()
-        example = example_transition(self.env, self.mc_returns, ends=self.horizon > 1)
+        example = example_transition(self.env, self.needs)
         capacity = max(1, min(self.online_steps, self.buffer_capacity))
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress(buffer_capacity=capacity)
@@ -202,13 +227,13 @@ class OnlineLoop:
         its storage, and (after the warm-up) one block of updates; a new chunk is drawn when
         the queue is empty."""
         cfg, progress = self.agent.config, self.progress
-        random_warmup = getattr(cfg, "random_warmup", True)
+        random_warmup = self.needs.random_warmup
         if progress.env_steps < cfg.start_steps and random_warmup:
             action = self.np_rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
             self.queue = []
         else:
             action = self.queue.pop(0)
-        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
         next_obs = next_obs.astype(np.float32)
         transition = {
             "observations": self.obs,
@@ -219,17 +244,31 @@ class OnlineLoop:
         }
         if self.horizon > 1:
             transition["ends"] = np.float32(terminated or truncated)
+        if "next_actions" in self.needs.batch_fields:  # the agent's own action at s'
+            self.key, key_next = jax.random.split(self.key)
+            transition["next_actions"] = np.asarray(
+                _act(self.agent, jnp.asarray(next_obs), key_next)
+            )
         self.episode_return += float(reward)
+        self.episode_success |= bool(info.get("success", False))
         if self.mc_returns:
             self.episode.append(transition)
         else:
             self.buffer = _store(self.buffer, transition)
         if terminated or truncated:
             progress.episodes += 1
-            self.logger.tb.add_scalar(
-                "online/train_return", self.episode_return, progress.env_steps
+            steps = progress.env_steps + 1
+            self.logger.log_episode(
+                episode_record(
+                    self.task,
+                    self.step_offset + steps,
+                    steps,
+                    self.episode_return,
+                    self.episode_success,
+                )
             )
-            self.obs, self.episode_return = self.env.reset()[0].astype(np.float32), 0.0
+            self.obs = self.env.reset()[0].astype(np.float32)
+            self.episode_return, self.episode_success = 0.0, False
             self.queue = []  # the rest of the chunk was meant for the ended episode
             if self.mc_returns:
                 self._store_episode()

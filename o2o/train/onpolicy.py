@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from o2o.checkpoint import load_checkpoint
-from o2o.train.online import OnlineLoop, RunProgress
+from o2o.train.online import OnlineLoop, RunProgress, episode_record
 
 
 @jax.jit
@@ -62,6 +62,7 @@ class OnPolicyLoop(OnlineLoop):
         seed = self.seed + 7919 * self.progress.env_steps
         self.obs = self.envs.reset(seed=seed)[0].astype(np.float32)
         self.episode_returns = np.zeros(cfg.num_envs)
+        self.episode_successes = np.zeros(cfg.num_envs, bool)
 
     def _step(self) -> None:
         """One iteration: a rollout, then the agent's update on it."""
@@ -98,12 +99,31 @@ class OnPolicyLoop(OnlineLoop):
                 }
             )
             self.episode_returns += rewards
+            self.episode_successes |= _successes(info, len(actions))
+            env_steps = self.progress.env_steps + len(actions)
             for i in np.flatnonzero(done):
                 self.progress.episodes += 1
-                self.logger.tb.add_scalar(
-                    "online/train_return", self.episode_returns[i], self.progress.env_steps
+                self.logger.log_episode(
+                    episode_record(
+                        self.task,
+                        self.step_offset + env_steps,
+                        env_steps,
+                        float(self.episode_returns[i]),
+                        bool(self.episode_successes[i]),
+                    )
                 )
-            self.episode_returns[done] = 0.0
+            self.episode_returns[done], self.episode_successes[done] = 0.0, False
             self.obs = obs
             self.progress.env_steps += len(actions)
         return {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+
+
+def _successes(info: dict, n: int) -> np.ndarray:
+    """Per environment, whether this step reported success; for an episode that ended, its
+    last step's info is under `final_info` (the reset's is at the top)."""
+    flags = np.zeros(n, bool)
+    for part in (info, info.get("final_info", {})):
+        if "success" in part:
+            reported = np.asarray(part.get("_success", np.ones(n, bool)), bool)
+            flags |= np.asarray(part["success"], bool) & reported
+    return flags

@@ -3,10 +3,18 @@ the run's summary. Either phase may have zero steps (RLPD has no offline phase; 
 benchmark no online one). Offline data also feeds online batches (`data_mix`: the agent's
 `offline_ratio`, a linear decay of it, or proportional to the sizes).
 
-The switch applies the agent's own rule (`on_switch`: CQL's `cql_alpha_online`, ReBRAC's
-critic penalty off, ...), then the generic hooks: `freeze` parts and `reset_optimizers`.
-Random warm-up steps online are the agent's `start_steps`. On-policy agents (FPO) train
-online on their own rollouts (`o2o.train.onpolicy`), without a replay buffer.
+The switch (`switch`) applies the agent's own rule (`on_switch`: CQL's `cql_alpha_online`,
+ReBRAC's critic penalty off, ...), then the generic hooks: `freeze` parts and
+`reset_optimizers`. Random warm-up steps online are the agent's `start_steps`.
+
+What the data, the loops and the transforms must provide is the agent's declaration
+(`agent.needs(phase)`, `o2o.agents.base.Needs`), read here and by the loops: extra batch
+fields (ReBRAC's next actions, Cal-QL's Monte-Carlo returns), windows of steps (QC), the
+warm-up, the observation and reward transforms, on-policy rollouts instead of a replay buffer
+(FPO: `o2o.train.onpolicy`), and the policy file format.
+
+The agent's recipe is a preset of its algorithm chosen by the task (`task_preset`: the
+dataset's, the task's or the task family's), recorded as `preset` in config.json.
 """
 
 from __future__ import annotations
@@ -18,13 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from o2o.agents import get_agent
-from o2o.agents.base import chunk_horizon, switch_parts
-from o2o.agents.sac import SAC
+from o2o.agents.base import Needs, switch_parts
 from o2o.checkpoint import load_checkpoint
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
@@ -39,12 +45,13 @@ from o2o.envs.tasks import (
     get_task,
     parse_task,
 )
-from o2o.logging import console, read_metrics
+from o2o.logging import console, read_episodes, read_metrics
 from o2o.train.offline import OfflineLoop
 from o2o.train.online import OnlineLoop, example_transition
 from o2o.train.onpolicy import OnPolicyLoop
 
 TRANSFORMS_FILE = "transforms.json"  # the units the agent learned in (rewards, observations)
+PHASES = ("offline", "online")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +96,42 @@ class TrainConfig:
     """Keep the policy at every evaluation in RUN_DIR/policies (behaviour-policy snapshots of
     the tanh-Gaussian SAC family, the format `o2o.zoo` loads)."""
     agent: Any = None
-    """Agent hyperparameters; defaults are the algorithm's reference recipe."""
+    """Agent hyperparameters; defaults are the algorithm's reference recipe for the task."""
+    preset: str | None = None
+    """The recipe `agent` started from (a task family, task or dataset name; `o2o train`
+    picks the task's, --preset NAME another); --agent.* flags override its fields."""
 
     def run_dir(self) -> Path:
         return self.out or Path("runs") / f"{self.task}-{self.algo}-seed{self.seed}"
 
 
-def default_config(algo: str, **overrides) -> TrainConfig:
-    """A TrainConfig for `algo` with its reference agent recipe."""
+def default_config(
+    algo: str, task: str = DEFAULT_TASK, preset: str | None = None, **overrides
+) -> TrainConfig:
+    """A TrainConfig for `algo` on `task` with the reference recipe for that task
+    (`task_preset`), or the named `preset`; an `agent` given among the overrides replaces the
+    recipe (the config then names no preset)."""
     spec = get_agent(algo)
-    return config_type(algo)(algo=algo, agent=spec.default_config, **overrides)
+    if "agent" in overrides:
+        agent, preset = overrides.pop("agent"), None
+    elif preset is None:
+        preset, agent = task_preset(algo, task)
+    elif preset in spec.presets:
+        agent = spec.presets[preset]
+    else:
+        raise ValueError(
+            f"--preset {preset}: {algo} has no such recipe; its presets: {', '.join(spec.presets)}"
+        )
+    return config_type(algo)(algo=algo, task=task, agent=agent, preset=preset, **overrides)
+
+
+def task_preset(algo: str, task: str) -> tuple[str, Any]:
+    """(name, agent config) of `algo`'s reference recipe for `task` (TASK or TASK-LEVEL): the
+    dataset's own, else the task's, else its family's (locomotion, navigation), else the
+    algorithm's default."""
+    found, level = parse_task(task)
+    dataset = f"{found.name}-{level}" if level is not None else None
+    return get_agent(algo).preset(dataset, found.name, found.family)
 
 
 @functools.cache
@@ -149,9 +182,11 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     """A run directory is reused only by the same configuration (online_steps may grow):
     raises ValueError naming the fields that differ. The saved run's `offline_ratio` is not
     compared when that run never mixed batches with it (no online steps, or --data-mix
-    proportional), so an offline run can be extended online with a ratio of its own."""
+    proportional), so an offline run can be extended online with a ratio of its own. The
+    preset's name is not compared (runs from before it existed lack it); its fields are."""
     saved = json.loads((run_dir / "config.json").read_text())
-    current = {k: v for k, v in _config_json(config).items() if k not in ("online_steps", "out")}
+    ignored = ("online_steps", "out", "preset")  # preset: a label; the agent's fields count
+    current = {k: v for k, v in _config_json(config).items() if k not in ignored}
     if saved.get("online_steps") == 0 or saved.get("data_mix") == "proportional":
         current["agent"].pop("offline_ratio", None)
     defaults = _config_json(default_config(config.algo))
@@ -174,13 +209,17 @@ def train(config: TrainConfig) -> Path:
             f"--task {config.task} names a dataset and --dataset gives another; use --task "
             f"{task.name} with --dataset, or drop --dataset"
         )
-    if config.save_policies and not issubclass(spec.agent_cls, SAC):
+    env = task.make_env()
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
+    needs = {phase: agent.needs(phase) for phase in PHASES}
+    if config.save_policies and needs["online"].policy_format is None:
         raise ValueError(
             f"--save-policies keeps tanh-Gaussian actors (the SAC family: sac, rlpd, cql...) in "
             f"the zoo's format; {config.algo}'s actor is not one: drop --save-policies"
         )
-    on_policy = getattr(spec.agent_cls, "on_policy", False)
-    if on_policy and config.data_mix != "fixed":
+    if needs["online"].loop == "on_policy" and config.data_mix != "fixed":
         raise ValueError(
             f"--data-mix {config.data_mix}: {config.algo} is on-policy and updates on its own "
             "rollouts only, so no offline data is mixed in online; drop --data-mix"
@@ -189,19 +228,17 @@ def train(config: TrainConfig) -> Path:
     if (run_dir / "config.json").exists():
         check_resumable(run_dir, config)
         console.print(f"resuming the run in {run_dir}")
+    _print_preset(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=1))
 
-    env = task.make_env()
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
     dataset = None
     if config.dataset is not None:
         dataset, _ = load_dataset(config.dataset, act_space.low, act_space.high)
     elif level is not None:
         dataset, _ = make_dataset(config.task, config.dataset_size)
-    offline = offline_phase_data = holdout = None
-    uses_mc_returns = getattr(spec.agent_cls, "uses_mc_returns", False)
+    buffers = {phase: None for phase in PHASES}  # the dataset as each phase's batches see it
+    holdout = None
     if dataset is not None:
         if dataset.observation_dim != obs_space.shape[0]:
             raise ValueError(
@@ -209,26 +246,9 @@ def train(config: TrainConfig) -> Path:
                 f"'{task.name}' has {obs_space.shape[0]}; pick the matching --task"
             )
         dataset, holdout = hold_out_episodes(dataset, config.holdout_episodes)
-        task = learning_task(task, dataset, config.agent)
+        task = learning_task(task, dataset, needs["offline"])
         (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
-        transitions = dataset.transitions()
-        transitions["rewards"] = task.reward_transform(transitions["rewards"])
-        if task.observation_normalizer is not None:
-            for key in ("observations", "next_observations"):
-                transitions[key] = task.observation_normalizer(transitions[key])
-        if uses_mc_returns:  # Cal-QL: the discounted return of the transformed rewards
-            transitions["mc_returns"] = discounted_returns(
-                transitions["rewards"],
-                dataset.episode_ends,
-                config.agent.discount,
-                task.failure_reward,
-            )
-        if chunk_horizon(config.agent) > 1:  # windows of steps stop at episode ends
-            transitions["ends"] = dataset.episode_ends.astype(np.float32)
-        offline = ReplayBuffer.from_arrays(transitions)
-        if getattr(config.agent, "critic_bc", 0.0):  # ReBRAC reads the next logged action
-            extra = {"next_actions": jnp.asarray(dataset.next_actions())}
-            offline_phase_data = offline.replace(data=offline.data | extra)
+        buffers = dataset_buffers(dataset, task, config.agent.discount, needs)
     elif config.offline_steps > 0:
         raise ValueError(
             f"--offline-steps {config.offline_steps} needs offline data: name a dataset with "
@@ -239,31 +259,31 @@ def train(config: TrainConfig) -> Path:
             f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
             f"online data only (offline_ratio {config.agent.offline_ratio} ignored)"
         )
-    sampler = MixedSampler.create(
-        offline,
-        config.agent.offline_ratio,
-        schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
-        if config.data_mix == "linear"
-        else None,
-        proportional=config.data_mix == "proportional",
-    )
-    agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
     phases = {}
     if config.offline_steps > 0:
         agent, phases["offline"] = OfflineLoop(
             task,
             agent,
-            offline if offline_phase_data is None else offline_phase_data,
+            buffers["offline"],
             run_dir,
             config.offline_steps,
             config.seed,
             config.eval_interval,
             config.eval_episodes,
             holdout=holdout,
+            horizon=needs["offline"].horizon,
         ).run()
-        agent = switch_parts(agent.on_switch(config.agent), config.freeze, config.reset_optimizers)
+        agent = switch(agent, config)
     if config.online_steps > 0:
-        loop = OnPolicyLoop if on_policy else OnlineLoop
+        sampler = MixedSampler.create(
+            buffers["online"],
+            config.agent.offline_ratio,
+            schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
+            if config.data_mix == "linear"
+            else None,
+            proportional=config.data_mix == "proportional",
+        )
+        loop = OnPolicyLoop if needs["online"].loop == "on_policy" else OnlineLoop
         phases["online"] = loop(
             task,
             agent,
@@ -276,10 +296,63 @@ def train(config: TrainConfig) -> Path:
             policy_dir=run_dir / "policies" if config.save_policies else None,
             step_offset=config.offline_steps,
             holdout=holdout,
-            mc_returns=uses_mc_returns,
+            needs=needs["online"],
         ).run()
     _write_summary(run_dir, config, phases)
     return run_dir
+
+
+def switch(agent: Any, config: TrainConfig) -> Any:
+    """The agent as the online phase starts: its own rule (`on_switch`), then the generic hooks
+    (`freeze`, `reset_optimizers`). Training and every restore of a switched agent (a
+    checkpoint's template) go through here, so they cannot disagree."""
+    return switch_parts(agent.on_switch(config.agent), config.freeze, config.reset_optimizers)
+
+
+def dataset_buffers(
+    dataset: Dataset, task: Task, discount: float, needs: dict[str, Needs]
+) -> dict[str, ReplayBuffer]:
+    """Per phase, the dataset's transitions on the device as that phase's batches need them:
+    rewards and observations in the task's learning units, plus the batch fields the agent
+    declares (`Needs`); phases that need the same fields share one buffer."""
+    made: dict[tuple, ReplayBuffer] = {}
+    buffers = {}
+    for phase, need in needs.items():
+        key = (need.batch_fields, need.horizon > 1)
+        if key not in made:
+            transitions = dataset.transitions()
+            transitions["rewards"] = task.reward_transform(transitions["rewards"])
+            if task.observation_normalizer is not None:
+                for name in ("observations", "next_observations"):
+                    transitions[name] = task.observation_normalizer(transitions[name])
+            if "mc_returns" in need.batch_fields:  # of the transformed rewards
+                transitions["mc_returns"] = discounted_returns(
+                    transitions["rewards"], dataset.episode_ends, discount, task.failure_reward
+                )
+            if "next_actions" in need.batch_fields:
+                transitions["next_actions"] = dataset.next_actions()
+            if need.horizon > 1:  # windows of steps stop at episode ends
+                transitions["ends"] = dataset.episode_ends.astype(np.float32)
+            made[key] = ReplayBuffer.from_arrays(transitions)
+        buffers[phase] = made[key]
+    return buffers
+
+
+def _print_preset(config: TrainConfig) -> None:
+    """Say which recipe the run uses, and warn when it is not the one for its task."""
+    expected, _ = task_preset(config.algo, config.task)
+    if config.preset is None:
+        console.print(
+            f"{config.algo}: no preset recorded (an agent config given by hand, or a run made "
+            "before presets existed)"
+        )
+    elif config.preset != expected:
+        console.print(
+            f"[yellow]{config.algo}: the '{config.preset}' recipe, though '{expected}' is the "
+            f"one for {config.task}"
+        )
+    else:
+        console.print(f"{config.algo}: the '{config.preset}' recipe for {config.task}")
 
 
 def run_task(run_dir: Path) -> Task:
@@ -318,17 +391,17 @@ def hold_out_episodes(dataset: Dataset, count: int) -> tuple[Dataset, Dataset | 
     return dataset, holdout
 
 
-def learning_task(task: Task, dataset: Dataset, agent_config: Any) -> Task:
-    """The task as the agent learns it, from what its config asks for:
+def learning_task(task: Task, dataset: Dataset, needs: Needs) -> Task:
+    """The task as the agent learns it, from the transforms it needs:
     - `normalize_observations` (TD3+BC's recipe): states standardised by the dataset's mean
       and std, offline and, through `Task.make_env`, online and in evaluation;
     - `reward_scale_by_return_range` (IQL's locomotion recipe): the registry's reward transform
       followed by a scale that makes the dataset's episode returns span 1000.
     Online rewards and Q-bias use the same transforms."""
-    if getattr(agent_config, "normalize_observations", False):
+    if needs.normalize_observations:
         normalizer = ObservationNormalizer.fit(dataset.observations)
         task = dataclasses.replace(task, observation_normalizer=normalizer)
-    if not getattr(agent_config, "reward_scale_by_return_range", False):
+    if not needs.reward_scale_by_return_range:
         return task
     returns = dataset.episode_returns(task.reward_transform(dataset.rewards))
     span = float(returns.max() - returns.min())
@@ -346,23 +419,19 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
     observations as the agent saw them, after the run's transforms: `run_task`)."""
     config = load_config(run_dir)
     spec = get_agent(config.algo)
-    if getattr(spec.agent_cls, "on_policy", False):
+    env = get_task(config.task).make_env()
+    agent = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
+    needs = agent.needs("online")
+    if needs.loop == "on_policy":
         raise ValueError(
             f"{run_dir}: {config.algo} is on-policy; it keeps no replay buffer to export"
         )
-    env = get_task(config.task).make_env()
-    agent = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
     if config.offline_steps > 0:  # the checkpoint holds the switched agent (frozen parts...)
-        agent = switch_parts(agent.on_switch(config.agent), config.freeze, config.reset_optimizers)
+        agent = switch(agent, config)
     checkpoint = Path(run_dir) / "checkpoints" / "latest"
     capacity = json.loads((checkpoint / "progress.json").read_text())["buffer_capacity"]
-    example = example_transition(
-        env,
-        getattr(spec.agent_cls, "uses_mc_returns", False),
-        ends=chunk_horizon(config.agent) > 1,
-    )
-    template = (agent, ReplayBuffer.create(example, capacity), jax.random.key(0))
-    (_, buffer, _), _ = load_checkpoint(checkpoint, template)
+    template = (agent, ReplayBuffer.create(example_transition(env, needs), capacity))
+    (_, buffer, _), _ = load_checkpoint(checkpoint, (*template, jax.random.key(0)))
     if int(buffer.size) == buffer.capacity and int(buffer.cursor) != 0:
         raise ValueError(f"{run_dir}: the replay buffer wrapped around; its order is lost")
     return {k: np.asarray(v[: int(buffer.size)]) for k, v in buffer.data.items()}
@@ -389,7 +458,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
         }
         if name == "online":
             summary |= {"env_steps": progress.env_steps, "best_env_steps": best["env_steps"]}
-            summary |= finetune_metrics(read_metrics(run_dir))
+            summary |= finetune_metrics(read_metrics(run_dir), read_episodes(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     last = "" if "online" in phases else "offline_"
     console.print(
