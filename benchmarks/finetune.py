@@ -25,15 +25,14 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 # One core for the benchmark: set before JAX starts its CPU client.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
 
+from o2o.report import stats
 from o2o.report.report import fine_tuning_table, render_report
-from o2o.report.tables import markdown_table, mean_std
+from o2o.report.tables import markdown_table
 from o2o.train.pipeline import check_resumable, default_config, train
 
 MIN_DIP = 1.0  # normalised-score points: smaller falls are evaluation noise, not unlearning
@@ -124,50 +123,70 @@ def main() -> None:
 
 
 def claims_table(summaries: list[dict]) -> str:
-    """The survey's claims about the switch, checked on one dataset's runs: means over seeds; a
-    claim whose agents have no finished run is left out. A dip counts from MIN_DIP points."""
+    """The survey's claims about the switch, checked on one dataset's runs with intervals over
+    seeds (`o2o.report.stats`): a claim holds ("yes") or fails ("no") only where its 95%
+    interval decides it, and is "unresolved" where the interval spans the line; one seed
+    decides nothing. A dip counts from MIN_DIP points; a claim whose agents have no finished
+    run is left out."""
     by_algo: dict[str, list[dict]] = {}
     for summary in summaries:
         by_algo.setdefault(summary["algo"], []).append(summary)
+
+    def values(algo: str, key: str) -> list[float]:
+        return [r[key] for r in by_algo.get(algo, []) if r.get(key) is not None]
+
     rows: list[dict[str, str]] = []
 
-    def stat(algo: str, key: str) -> tuple[float, str] | None:
-        values = [r[key] for r in by_algo.get(algo, []) if r.get(key) is not None]
-        if not values:
-            return None
-        shown = mean_std(values) if len(values) > 1 else f"{values[0]:.1f}"  # as the main table
-        return float(np.mean(values)), f"{algo} {shown}"
+    def add(claim: str, measured: str, holds: str) -> None:
+        rows.append({"claim": claim, "measured": measured, "holds": holds})
 
-    def add(claim: str, measured: str, holds: bool | str) -> None:
-        verdict = holds if isinstance(holds, str) else ("yes" if holds else "no")
-        rows.append({"claim": claim, "measured": measured, "holds": verdict})
+    def decide(interval: stats.Interval, line: float, above: bool) -> str:
+        """yes if the interval lies on the claimed side of `line` (`above` it, or below),
+        no if it lies wholly on the other side."""
+        if interval.runs < 2:
+            return "untestable: one seed"
+        if (interval.low >= line) if above else (interval.high <= line):
+            return "yes"
+        if (interval.high < line) if above else (interval.low > line):
+            return "no"
+        return f"unresolved: the interval spans {line:g}"
 
     for key, where in (("q_bias_at_switch", "rollouts"), ("holdout_q_bias_at_switch", "held-out")):
-        if cql := stat("cql", key):
-            add(f"CQL's Q is below the MC return at the switch ({where})", cql[1], cql[0] < 0)
-    cql_dip, calql_dip = stat("cql", "dip"), stat("calql", "dip")
-    if cql_dip:
-        dipped = sum(r["dip"] >= MIN_DIP for r in by_algo["cql"])
-        seeds = f"{dipped} of {len(by_algo['cql'])} seeds >= {MIN_DIP:g}"
-        add("CQL dips after the switch", f"{cql_dip[1]} ({seeds})", cql_dip[0] >= MIN_DIP)
-    if cql_dip and calql_dip:
-        less = calql_dip[0] < cql_dip[0]
-        holds = "untestable: CQL does not dip" if cql_dip[0] < MIN_DIP else less
-        add("Cal-QL dips less than CQL", f"{calql_dip[1]}; {cql_dip[1]}", holds)
-    for key, name, sign in (
-        ("final_online_score", "final online score", 1),
-        ("regret", "regret", -1),
+        if cql := values("cql", key):
+            interval = stats.iqm(cql)
+            claim = f"CQL's Q is below the MC return at the switch ({where})"
+            add(claim, f"cql {interval}", decide(interval, 0.0, above=False))
+    cql_dips, calql_dips = values("cql", "dip"), values("calql", "dip")
+    cql_dips_verdict = None
+    if cql_dips:
+        interval = stats.iqm(cql_dips)
+        cql_dips_verdict = decide(interval, MIN_DIP, above=True)
+        add("CQL dips after the switch", f"cql {interval}", cql_dips_verdict)
+    if cql_dips and calql_dips:
+        difference = stats.iqm_difference(calql_dips, cql_dips)
+        holds = decide(difference, 0.0, above=False)
+        if cql_dips_verdict == "no":
+            holds = "untestable: CQL does not dip"
+        add("Cal-QL dips less than CQL", f"calql − cql {difference}", holds)
+    for key, name, above in (
+        ("final_online_score", "final online score", True),
+        ("regret", "regret", False),
     ):
-        rlpd, rivals = stat("rlpd", key), [r for a in ("cql", "calql") if (r := stat(a, key))]
-        if rlpd and rivals:
-            holds = all(sign * (rlpd[0] - rival[0]) >= 0 for rival in rivals)
-            measured = "; ".join(r[1] for r in [rlpd, *rivals])
-            add(f"RLPD matches or beats CQL and Cal-QL ({name})", measured, holds)
-    columns = {
-        "claim": "claim",
-        "measured": "measured (mean ± std over the seeds)",
-        "holds": "holds",
-    }
+        rlpd = values("rlpd", key)
+        rivals = {a: values(a, key) for a in ("cql", "calql") if values(a, key)}
+        if not rlpd or not rivals:
+            continue
+        differences = {a: stats.iqm_difference(rlpd, v) for a, v in rivals.items()}
+        verdicts = [decide(d, 0.0, above) for d in differences.values()]
+        if "no" in verdicts:
+            holds = "no"
+        elif all(v == "yes" for v in verdicts):
+            holds = "yes"
+        else:
+            holds = next(v for v in verdicts if v != "yes")
+        measured = "; ".join(f"rlpd − {a} {d}" for a, d in differences.items())
+        add(f"RLPD matches or beats CQL and Cal-QL ({name})", measured, holds)
+    columns = {"claim": "claim", "measured": "measured (IQM [95% CI] over seeds)", "holds": "holds"}
     return markdown_table(rows, columns) if rows else ""
 
 
@@ -193,7 +212,8 @@ def write_results(runs: dict[str, list[str]], args: argparse.Namespace, command:
         f"steps, seeds {' '.join(map(str, args.seeds))} (the seeds column: how many finished), "
         f"networks {'x'.join(map(str, args.hidden))}"
     )
-    stem.with_suffix(".md").write_text(f"{title}\n\n`{command}`\n\n" + "\n".join(sections))
+    text = f"{title}\n\n`{command}`\n\n{stats.note()}\n\n"
+    stem.with_suffix(".md").write_text(text + "\n".join(sections))
     print(f"wrote {stem}.{{json,md}} and the reports in {stem}/")
 
 

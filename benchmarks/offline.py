@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from o2o.agents import get_agent
@@ -49,7 +50,9 @@ from o2o.data.formats import save_native
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import parse_task
 from o2o.logging import read_metrics
-from o2o.report.tables import markdown_table, mean_std
+from o2o.report import stats
+from o2o.report.report import curves_figure
+from o2o.report.tables import markdown_table
 from o2o.train.evaluate import Evaluator
 from o2o.train.pipeline import check_resumable, default_config, hold_out_episodes, train
 
@@ -98,7 +101,8 @@ def label(algo: str, args: argparse.Namespace) -> str:
 
 
 def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train (or reuse) one o2o run; its final score and training speed."""
+    """Train (or reuse) one o2o run; its curve (normalised score at every evaluation), final
+    score and training speed."""
     tag = "-".join([algo, *_shown(algo, args)])
     out = RUNS / f"{dataset}-{tag}-{args.steps}-seed{seed}"
     config = default_config(
@@ -108,7 +112,7 @@ def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> 
         offline_steps=args.steps,
         online_steps=0,
         seed=seed,
-        eval_interval=args.eval_interval or args.steps // 2,
+        eval_interval=eval_interval(args),
         eval_episodes=args.eval_episodes,
         holdout_episodes=args.holdout_episodes,
         out=out,
@@ -121,8 +125,13 @@ def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> 
     else:
         train(config)
     summary = json.loads((out / "summary.json").read_text())
-    last = read_metrics(out)[-1]  # the last interval: compiled, no evaluation inside
+    records = read_metrics(out)
+    last = records[-1]  # the last interval: compiled, no evaluation inside
     return {
+        "curve": [
+            {"step": r["step"], "score": r["normalized_score"], "return": r["return_mean"]}
+            for r in records
+        ],
         "score": summary["offline_final_score"],
         "return": summary["offline_final_return"],
         "updates_per_s": last["updates_per_s"],
@@ -145,9 +154,17 @@ def peer_data(dataset: str, args: argparse.Namespace) -> Path:
     return path
 
 
+def eval_interval(args: argparse.Namespace) -> int:
+    """Updates between evaluations, the same for both libraries."""
+    return args.eval_interval or args.steps // 2
+
+
 def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
-    """Launch d3rlpy training for one (dataset, algo, seed) unless its result exists."""
-    path = RUNS / "peer" / f"{dataset}-{PEERS[algo]}-{args.steps}-seed{seed}.json"
+    """Launch d3rlpy training for one (dataset, algo, seed) unless its result exists; it saves
+    its model at every evaluation step of o2o's run, to be scored along the way."""
+    every = eval_interval(args)
+    stem = f"{dataset}-{PEERS[algo]}-{args.steps}-every{every}-seed{seed}"
+    path = RUNS / "peer" / f"{stem}.json"
     if path.exists():
         return path, None
     if not PEER_PYTHON.exists():
@@ -159,6 +176,8 @@ def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
         f"--data={peer_data(dataset, args)}",
         f"--steps={args.steps}",
         f"--seed={seed}",
+        f"--eval-interval={every}",
+        f"--snapshots={RUNS / 'peer' / stem}",
     ]
     log = open(RUNS / "peer" / f"{path.stem}.log", "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(
@@ -168,24 +187,34 @@ def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
 
 
 def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namespace) -> dict:
-    """Wait for d3rlpy's training, score its policy with o2o's evaluator, save the result."""
+    """Wait for d3rlpy's training, score each of its snapshots with o2o's evaluator (the same
+    environments and reset seeds as o2o's evaluations), save the result with its curve."""
     if proc is not None:
         line = proc.stdout.readline()
         if not line:
             raise SystemExit(f"d3rlpy failed: see {path.with_suffix('.log')}")
         result = json.loads(line)
 
+        def ask(message) -> Any:
+            proc.stdin.write(json.dumps(message) + "\n")
+            return json.loads(proc.stdout.readline())
+
         def policy(observations: np.ndarray) -> np.ndarray:
-            proc.stdin.write(json.dumps(observations.tolist()) + "\n")
-            return np.asarray(json.loads(proc.stdout.readline()), np.float32)
+            return np.asarray(ask(observations.tolist()), np.float32)
 
         task, _ = parse_task(dataset)
         evaluator = Evaluator(task, args.eval_episodes, seed=10_000 + seed, gamma=0.99)
-        returns = evaluator.rollouts(policy)[0]
+        curve = []
+        for step in result.pop("snapshots"):
+            ask({"load": step})
+            returns = evaluator.rollouts(policy)[0]
+            curve.append(
+                {"step": step, "score": task.normalize(returns.mean()), "return": returns.mean()}
+            )
         proc.stdin.write("\n")
         proc.wait()
-        result |= {"return": float(returns.mean()), "score": task.normalize(returns.mean())}
-        path.write_text(json.dumps(result, indent=1))
+        result |= {"curve": curve, "return": curve[-1]["return"], "score": curve[-1]["score"]}
+        path.write_text(json.dumps(result, indent=1, default=float))
     return json.loads(path.read_text())
 
 
@@ -237,54 +266,71 @@ def finished_runs(
     return None if None in runs else runs
 
 
+def scores(runs: list[dict], library: str) -> list[float]:
+    """Each run's score (`stats.run_score`: the mean of its last evaluations) in `library`."""
+    return [stats.run_score([p["score"] for p in r[library]["curve"]]) for r in runs]
+
+
 def overview_table(results: dict[str, dict], args: argparse.Namespace) -> str:
-    """o2o's mean score per agent (rows) and dataset (columns), '-' until a cell's seeds have
-    all finished, and the mean over datasets once a row is complete."""
+    """o2o's IQM score per agent (rows) and dataset (columns), '-' until a cell's seeds have
+    all finished, and the IQM over every run of a complete row (datasets pooled)."""
     rows = []
     for algo in args.algos:
         row: dict[str, Any] = {"algo": label(algo, args)}
+        cells = {}
         for dataset in args.datasets:
             if runs := finished_runs(results, dataset, algo, args):
-                row[dataset] = float(np.mean([r["o2o"]["score"] for r in runs]))
-        scores = [row[d] for d in args.datasets if d in row]
-        if len(scores) == len(args.datasets):
-            row["mean"] = float(np.mean(scores))
-        rows.append({k: f"{v:.1f}" if isinstance(v, float) else v for k, v in row.items()})
-    columns = {"algo": "o2o algo", **{d: d for d in args.datasets}, "mean": "mean"}
-    return (
-        "Mean normalised score over seeds, per agent and dataset (the rows below have the "
-        f"spread over seeds and the speeds):\n\n{markdown_table(rows, columns)}\n"
-    )
+                cells[dataset] = scores(runs, "o2o")
+                row[dataset] = stats.aggregate(cells[dataset])
+        if len(cells) == len(args.datasets):
+            row["all"] = stats.aggregate(np.concatenate(list(cells.values())))
+        rows.append(row)
+    columns = {"algo": "o2o algo", **{d: d for d in args.datasets}, "all": "all datasets"}
+    return f"o2o's score per agent and dataset:\n\n{markdown_table(rows, columns)}\n"
 
 
 def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
-    """The table over every (dataset, algo) whose seeds have all finished (rewritten after
-    each run, so an interrupted benchmark leaves its finished rows)."""
-    rows = []
+    """The tables over every (dataset, algo) whose seeds have all finished, the curves of both
+    libraries per dataset (table and plot) and, over several datasets, performance profiles
+    (rewritten after each run, so an interrupted benchmark leaves its finished rows)."""
+    stem = RESULTS / f"offline_{args.name}"
+    rows, sections, profiles = [], [], {}
     for dataset in args.datasets:
+        curves: dict[str, list[dict[int, float]]] = {}
         for algo in args.algos:
             runs = finished_runs(results, dataset, algo, args)
             if runs is None:
                 continue
+            name = label(algo, args)
+            o2o = scores(runs, "o2o")
             row = {
                 "dataset": dataset,
-                "algo": label(algo, args),
-                "o2o": mean_std([r["o2o"]["score"] for r in runs]),
+                "algo": name,
+                "o2o": stats.aggregate(o2o),
                 "o2o_ups": f"{np.mean([r['o2o']['updates_per_s'] for r in runs]):.1f}",
             }
+            curves[f"o2o {name}"] = [_curve(r["o2o"]) for r in runs]
+            profiles.setdefault(f"o2o {name}", []).append(o2o)
             if all("d3rlpy" in r for r in runs):
+                d3rlpy = scores(runs, "d3rlpy")
                 ratio = [r["o2o"]["updates_per_s"] / r["d3rlpy"]["updates_per_s"] for r in runs]
                 row |= {
-                    "d3rlpy": mean_std([r["d3rlpy"]["score"] for r in runs]),
+                    "d3rlpy": stats.aggregate(d3rlpy),
+                    "difference": str(stats.iqm_difference(o2o, d3rlpy)),
                     "d3rlpy_ups": f"{np.mean([r['d3rlpy']['updates_per_s'] for r in runs]):.1f}",
                     "speedup": f"{np.mean(ratio):.2f}x",
                 }
+                curves[f"d3rlpy {name}"] = [_curve(r["d3rlpy"]) for r in runs]
+                profiles.setdefault(f"d3rlpy {name}", []).append(d3rlpy)
             rows.append(row)
+        if curves:
+            sections.append(_curves_section(dataset, curves, stem))
     columns = {
         "dataset": "dataset",
         "algo": "o2o algo",
         "o2o": "o2o score",
         "d3rlpy": "d3rlpy score",
+        "difference": "o2o − d3rlpy (IQM, 95% CI)",
         "o2o_ups": "o2o updates/s",
         "d3rlpy_ups": "d3rlpy updates/s",
         "speedup": "o2o / d3rlpy speed",
@@ -297,18 +343,19 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         + (" --peer" if args.peer else "")
         + (f" --set {' '.join(args.set)}" if args.set else "")
     )
-    stem = RESULTS / f"offline_{args.name}"
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": results}, indent=1)
     )
     title = (
-        f"# Offline benchmark: {args.steps} updates, {len(args.seeds)} seeds, "
-        f"{args.size}-transition datasets"
+        f"# Offline benchmark: {args.steps} updates, seeds {' '.join(map(str, args.seeds))}, "
+        f"{args.size}-transition datasets, evaluations every {eval_interval(args)} updates "
+        f"({args.eval_episodes} episodes)"
     )
-    notes = "Scores: final evaluation, D4RL-normalised, mean ± std over seeds. " + (
+    notes = f"Scores: D4RL-normalised. {stats.note(run_scores=True)} " + (
         "Speeds: updates/s on one core each, the two libraries running side by side (o2o: its "
         "last evaluation interval, after compilation). d3rlpy recipes: "
-        "benchmarks/peer_d3rlpy_offline.py."
+        "benchmarks/peer_d3rlpy_offline.py; its policy is scored by o2o's evaluator on the "
+        "same environments and reset seeds, at the same steps."
         if args.peer
         else "Speeds: o2o's updates/s on one core over its last evaluation interval (compiled, "
         "evaluation excluded). A run reused from an earlier benchmark's cache keeps the speed "
@@ -317,10 +364,56 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     )
     columns = {k: v for k, v in columns.items() if any(k in r for r in rows)}
     overview = overview_table(results, args) if len(args.datasets) > 1 else ""
-    stem.with_suffix(".md").write_text(
-        f"{title}\n\n`{command}`\n\n{notes}\n\n{overview}{markdown_table(rows, columns)}"
-    )
+    if len(args.datasets) > 1 and profiles:
+        overview += _profile_section(profiles, args, stem)
+    text = f"{title}\n\n`{command}`\n\n{notes}\n\n{overview}{markdown_table(rows, columns)}\n"
+    stem.with_suffix(".md").write_text(text + "".join(sections))
     print(f"wrote {stem}.{{json,md}}", flush=True)
+
+
+def _curve(result: dict) -> dict[int, float]:
+    return {p["step"]: p["score"] for p in result["curve"]}
+
+
+def _curves_section(dataset: str, curves: dict[str, list[dict[int, float]]], stem: Path) -> str:
+    """Score against updates for each library and agent on `dataset`: a table and a plot."""
+    rows = []
+    for step in sorted({s for runs in curves.values() for run in runs for s in run}):
+        row: dict[str, Any] = {"step": step}
+        for name, runs in curves.items():
+            values = [run[step] for run in runs if step in run]
+            if values:
+                row[name] = stats.aggregate(values)
+        rows.append(row)
+    stem.mkdir(parents=True, exist_ok=True)
+    figure = curves_figure(curves, "normalised score")
+    figure.savefig(stem / f"{dataset}_curves.png", dpi=110)
+    plt.close(figure)
+    link = f"{stem.name}/{dataset}_curves.png"
+    table = markdown_table(rows, {"step": "updates", **{k: k for k in curves}})
+    return f"\n## {dataset}: score along training\n\n![curves]({link})\n\n{table}\n"
+
+
+def _profile_section(profiles: dict[str, list[list[float]]], args, stem: Path) -> str:
+    """Performance profiles over the datasets (each agent's runs pooled over tasks): the share
+    of runs above each score, with its 95% band; rows of complete agents only."""
+    complete = {k: np.asarray(v).T for k, v in profiles.items() if len(v) == len(args.datasets)}
+    if not complete or not stats.available():
+        return ""
+    taus = np.linspace(0, 110, 111)
+    fractions, bands = stats.performance_profile(complete, taus)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for name, fraction in fractions.items():
+        (line,) = ax.plot(taus, fraction, label=name)
+        ax.fill_between(taus, *bands[name], color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="normalised score τ", ylabel="fraction of runs with score > τ")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    stem.mkdir(parents=True, exist_ok=True)
+    fig.savefig(stem / "performance_profile.png", dpi=110)
+    plt.close(fig)
+    image = f"{stem.name}/performance_profile.png"
+    return f"Performance profiles over the datasets:\n\n![profiles]({image})\n\n"
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@ Runs only in the peer venv (`make bench-venv`: torch==2.13.0, d3rlpy==2.8.1). It
 `--algo` for `--steps` updates on the transitions in `--data` (an .npz written by
 benchmarks/offline.py: the same training episodes o2o gets, in the environment's units),
 timing d3rlpy's own loop (`sample_transition_batch` then `update`, after `--warmup` untimed
-ones), and prints one JSON line.
+ones), and prints one JSON line. With `--eval-interval K` it saves the model (`save_model`, not
+timed) before the first update and after every K updates into `--snapshots`, so its policy can
+be scored along training at the same steps as o2o's.
 It then serves actions: each stdin line is a JSON list of observations, answered by one JSON
-line of `algo.predict` actions; an empty line or EOF ends it. Evaluation therefore runs in o2o's
-process, on o2o's environments and reset seeds, so both libraries are scored identically.
+line of `algo.predict` actions; a line `{"load": STEP}` switches to the snapshot of that step
+(answered by `{"loaded": STEP}`); an empty line or EOF ends it. Evaluation therefore runs in
+o2o's process, on o2o's environments and reset seeds, so both libraries are scored identically.
 
 Recipes are d3rlpy's reproduction scripts (reproductions/offline/*.py), with o2o's network
 sizes and batch sizes where they differ, so that updates per second compare the same work:
@@ -107,7 +110,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch's own")
+    parser.add_argument("--eval-interval", type=int, default=0, help="0: no snapshots")
+    parser.add_argument("--snapshots", default=None, help="folder for the snapshots")
     args = parser.parse_args()
+    if args.eval_interval and not args.snapshots:
+        raise SystemExit("--eval-interval needs --snapshots DIR")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     d3rlpy.seed(args.seed)
@@ -127,10 +134,17 @@ def main() -> None:
         algo.build_with_dataset(dataset)
         for _ in range(args.warmup):
             algo.update(dataset.sample_transition_batch(args.batch))
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            algo.update(dataset.sample_transition_batch(args.batch))
-        seconds = time.perf_counter() - start
+        seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)
+        if steps:
+            os.makedirs(args.snapshots, exist_ok=True)
+            algo.save_model(snapshot(args.snapshots, 0))
+        for upto in steps or [args.steps]:
+            start = time.perf_counter()
+            for _ in range(upto - done):
+                algo.update(dataset.sample_transition_batch(args.batch))
+            seconds, done = seconds + time.perf_counter() - start, upto
+            if steps:
+                algo.save_model(snapshot(args.snapshots, upto))
     result = {
         "algo": args.algo,
         "updates": args.steps,
@@ -139,15 +153,32 @@ def main() -> None:
         "d3rlpy": d3rlpy.__version__,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "snapshots": [0, *steps] if steps else [],
     }
     print(json.dumps(result), flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
-        observations = np.asarray(json.loads(line), np.float32)
+        message = json.loads(line)
         with contextlib.redirect_stdout(sys.stderr):
-            actions = algo.predict(observations)
-        print(json.dumps(np.asarray(actions, np.float64).tolist()), flush=True)
+            if isinstance(message, dict):
+                algo.load_model(snapshot(args.snapshots, message["load"]))
+                reply = {"loaded": message["load"]}
+            else:
+                actions = algo.predict(np.asarray(message, np.float32))
+                reply = np.asarray(actions, np.float64).tolist()
+        print(json.dumps(reply), flush=True)
+
+
+def snapshot_steps(steps: int, interval: int) -> list[int]:
+    """The update counts after which a snapshot is saved: every `interval`, and the last."""
+    if interval <= 0:
+        return []
+    return sorted({*range(interval, steps, interval), steps})
+
+
+def snapshot(folder: str, step: int) -> str:
+    return os.path.join(folder, f"step_{step:08d}.d3")
 
 
 if __name__ == "__main__":

@@ -87,26 +87,36 @@ def _verdicts(table):
 
 
 def test_claims_table_verdicts_on_hand_made_summaries():
-    def run(algo, **metrics):
-        return {"algo": algo, "q_bias_at_switch": -3.0, "holdout_q_bias_at_switch": 2.0} | metrics
+    """A claim holds or fails only where the interval over seeds decides it."""
+    pytest.importorskip("rliable")
+
+    def runs(algo, **series):
+        n = len(next(iter(series.values())))
+        fixed = {"q_bias_at_switch": -3.0, "holdout_q_bias_at_switch": 2.0}
+        return [{"algo": algo} | fixed | {k: v[i] for k, v in series.items()} for i in range(n)]
 
     summaries = [
-        run("cql", dip=6.0, final_online_score=40.0, regret=0.5),
-        run("cql", dip=0.0, final_online_score=44.0, regret=0.5),
-        run("calql", dip=2.0, final_online_score=50.0, regret=0.4),
-        run("rlpd", dip=0.0, final_online_score=48.0, regret=0.3),
+        *runs("cql", dip=[6.0, 5.0, 7.0], final_online_score=[40.0, 44.0, 42.0], regret=[0.5] * 3),
+        *runs(
+            "calql", dip=[0.0, 1.0, 0.5], final_online_score=[50.0, 52.0, 51.0], regret=[0.4] * 3
+        ),
+        *runs("rlpd", dip=[0.0] * 3, final_online_score=[30.0, 31.0, 32.0], regret=[0.3] * 3),
     ]
     verdicts = _verdicts(_benchmark().claims_table(summaries))
     assert verdicts == {
         "CQL's Q is below the MC return at the switch (rollouts)": "yes",
         "CQL's Q is below the MC return at the switch (held-out)": "no",
-        "CQL dips after the switch": "yes",  # mean 3 >= 1 point
+        "CQL dips after the switch": "yes",  # every seed >= 1 point
         "Cal-QL dips less than CQL": "yes",
-        "RLPD matches or beats CQL and Cal-QL (final online score)": "no",  # 48 < Cal-QL's 50
-        "RLPD matches or beats CQL and Cal-QL (regret)": "yes",
+        "RLPD matches or beats CQL and Cal-QL (final online score)": "no",  # below both
+        "RLPD matches or beats CQL and Cal-QL (regret)": "yes",  # lower than both
     }
-    no_dip = [dict(s, dip=0.5) if s["algo"] == "cql" else s for s in summaries]
-    verdicts = _verdicts(_benchmark().claims_table(no_dip))
+    spread = [dict(s, dip=d) for s, d in zip(summaries[:3], [0.0, 3.0, 0.2], strict=True)]
+    verdicts = _verdicts(_benchmark().claims_table(spread + summaries[3:]))
+    assert verdicts["CQL dips after the switch"] == "unresolved: the interval spans 1"
+    flat = [dict(s, dip=0.5) if s["algo"] == "cql" else s for s in summaries]
+    verdicts = _verdicts(_benchmark().claims_table(flat))
     assert verdicts["CQL dips after the switch"] == "no"
     assert verdicts["Cal-QL dips less than CQL"] == "untestable: CQL does not dip"
-    assert _benchmark().claims_table([run("iql", dip=1.0)]) == ""
+    one_seed = _verdicts(_benchmark().claims_table([summaries[0], summaries[3], summaries[6]]))
+    assert set(one_seed.values()) == {"untestable: one seed"}

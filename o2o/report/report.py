@@ -1,10 +1,12 @@
 """`o2o report RUN_DIR...`: score and Q-bias over training, and the fine-tuning table, for any
 set of runs, as a self-contained HTML page (plots embedded) and Markdown (plots beside it).
 
-Runs of the same algorithm on the same task are one curve: the mean over seeds, with the
-range between the lowest and highest seed shaded. The x axis puts the switch at 0: offline
-updates count up to it from the left, online environment steps from it to the right, so a run
-with no offline phase (RLPD) lines up with the fine-tuning of the others.
+Runs of the same algorithm on the same task are one curve: the IQM over seeds with its 95%
+stratified-bootstrap interval shaded (`o2o.report.stats`; without the `report` extra, the mean
+and the range between the lowest and highest seed). Table cells aggregate seeds the same way.
+The x axis puts the switch at 0: offline updates count up to it from the left, online
+environment steps from it to the right, so a run with no offline phase (RLPD) lines up with the
+fine-tuning of the others.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import base64
 import html
 import io
 import json
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import numpy as np
 
 from o2o.diagnostics.finetune import finetune_metrics
 from o2o.logging import read_episodes, read_metrics
-from o2o.report.tables import markdown_table, mean_std
+from o2o.report import stats
+from o2o.report.tables import markdown_table
 
 PANELS = {
     "normalized_score": "normalised score",
@@ -80,36 +82,38 @@ def _groups(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _figure(groups: dict[str, list[dict[str, Any]]], key: str, ylabel: str):
+    curves = {
+        label: [{r["x"]: r.get(key) for r in run["records"] if key in r} for run in runs]
+        for label, runs in groups.items()
+    }
+    fig = curves_figure(curves, ylabel, zero_line=key != "normalized_score")
+    fig.axes[0].axvline(0, color="grey", lw=0.8, ls="--")
+    fig.axes[0].set_xlabel("offline updates (< 0) | online environment steps (> 0)")
+    return fig
+
+
+def curves_figure(curves: dict[str, list[dict[float, float]]], ylabel: str, zero_line=False):
+    """One line per label over its runs' curves (x -> value), with its band (`stats.band`)."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    for label, runs in groups.items():
-        xs = sorted({r["x"] for run in runs for r in run["records"] if key in r})
-        if not xs:
+    for label, runs in curves.items():
+        xs, centre, (low, high) = stats.band(runs)
+        if not xs or np.isnan(centre).all():
             continue
-        values = np.full((len(runs), len(xs)), np.nan)
-        for i, run in enumerate(runs):
-            for r in run["records"]:
-                if key in r and r[key] is not None:
-                    values[i, xs.index(r["x"])] = r[key]
-        if np.isnan(values).all():
-            continue
-        with warnings.catch_warnings():  # all-NaN columns (seeds not there yet) plot as gaps
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(values, 0)
-            ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={len(runs)})")
-            if len(runs) > 1:
-                ax.fill_between(xs, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.2)
-    ax.axvline(0, color="grey", lw=0.8, ls="--")
-    if key != "normalized_score":
+        (line,) = ax.plot(xs, centre, marker="o", ms=3, label=f"{label} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    if zero_line:
         ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="offline updates (< 0) | online environment steps (> 0)", ylabel=ylabel)
+    how = "IQM, 95% CI" if stats.available() else "mean, range"
+    ax.set(xlabel="updates", ylabel=f"{ylabel} ({how})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def _table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], dict]:
-    """One row per group, each metric's mean over seeds (with the std when there are several),
-    and the columns that have values."""
+    """One row per group, each metric over seeds (`stats.aggregate`), and the columns that have
+    values."""
     rows = []
     for label, runs in groups.items():
         row: dict[str, Any] = {"run": label, "seeds": len(runs)}
@@ -118,10 +122,9 @@ def _table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]
             values = [v for v in values if v is not None]
             if key in ("run", "seeds") or not values:
                 continue
-            mean = float(np.mean(values))
-            row[key] = mean_std(values) if len(runs) > 1 else mean
+            row[key] = stats.aggregate(values) if len(runs) > 1 else float(values[0])
             if key == "recovery_steps" and len(values) < len(runs):
-                row[key] = f"{mean:.0f} ({len(runs) - len(values)} never)"
+                row[key] = f"{row[key]} ({len(runs) - len(values)} never)"
         rows.append(row)
     return rows, {k: v for k, v in COLUMNS.items() if any(k in row for row in rows)}
 
@@ -154,7 +157,8 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str = "o2o report"
         "Dip: the largest fall below the score at the switch in the first quarter of the "
         "online phase; regret: over the online training episodes, mean of 1 - success (Cal-QL's; "
         "dense tasks: of 1 - clip(score, 0, 100) / 100); Q bias: "
-        "mean Q(s, a) minus the discounted Monte-Carlo return (negative: pessimistic)."
+        "mean Q(s, a) minus the discounted Monte-Carlo return (negative: pessimistic). "
+        + stats.note()
     )
 
     md = [f"# {title}", "", table, explain, ""]
