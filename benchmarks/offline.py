@@ -37,6 +37,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -215,6 +216,7 @@ def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namesp
         proc.wait()
         result |= {"curve": curve, "return": curve[-1]["return"], "score": curve[-1]["score"]}
         path.write_text(json.dumps(result, indent=1, default=float))
+        shutil.rmtree(path.with_suffix(""))  # the snapshots (4 MB each), scored and saved
     return json.loads(path.read_text())
 
 

@@ -184,7 +184,10 @@ class IQL(flax.struct.PyTreeNode):
         return loss, {
             "actor_loss": loss,
             "adv_mean": adv.mean(),
+            "adv_std": adv.std(),
             "weight_mean": weights.mean(),
+            "weight_ess": weights.sum() ** 2 / (weights.size * jnp.sum(weights**2)),
+            "weight_clip_frac": jnp.mean(weights >= self.config.max_weight),
             "policy_std": jnp.exp(log_std).mean(),
         }
 
