@@ -135,9 +135,9 @@ def fresh_actor_curve(
                 num_updates=args.eval_interval,
                 batch_size=config.agent.batch_size,
             )
-        returns = evaluator.rollouts(evaluator.policy(agent))[0]
+        returns, _, _, successes = evaluator.rollouts(evaluator.policy(agent))
         curve.append(
-            {"step": step, "score": task.normalize(returns.mean())}
+            {"step": step, "score": task.score(returns, successes)}
             | {k: float(info[k]) for k in ("weight_ess", "policy_std") if k in info}
         )
         print(f"  actor seed {seed} step {step}: {curve[-1]['score']:.1f}", flush=True)

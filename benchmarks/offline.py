@@ -208,9 +208,9 @@ def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namesp
         curve = []
         for step in result.pop("snapshots"):
             ask({"load": step})
-            returns = evaluator.rollouts(policy)[0]
+            returns, _, _, successes = evaluator.rollouts(policy)
             curve.append(
-                {"step": step, "score": task.normalize(returns.mean()), "return": returns.mean()}
+                {"step": step, "score": task.score(returns, successes), "return": returns.mean()}
             )
         proc.stdin.write("\n")
         proc.wait()

@@ -19,7 +19,7 @@ import tyro
 from o2o.agents import AGENTS
 from o2o.data.formats import FORMATS, load_dataset, save_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset
-from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task
+from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task, parse_task
 from o2o.logging import console
 from o2o.report.report import render_report
 from o2o.report.tables import dataset_row, print_dataset_table
@@ -166,11 +166,15 @@ def dataset_command(argv: list[str]) -> None:
             meta = {"name": args.name, "task": get_task(args.name).name, "seed": args.seed}
             path = save_dataset(dataset, args.out, meta=meta)
         print_dataset_table(rows)
+        _print_collection_stats(args.name, args.size, args.seed)
         print(path)
     elif args.action == "info":
         rows = [_info_row(spec, args) for spec in args.datasets]
         command = "o2o dataset " + " ".join(argv)
         print_dataset_table(rows, args.markdown, args.json, command)
+        for spec in args.datasets:
+            if not Path(spec).exists():
+                _print_collection_stats(spec, args.size, args.seed)
     elif args.action == "from-run":
         config = load_config(args.run)
         task = get_task(config.task)
@@ -203,6 +207,19 @@ def report_command(argv: list[str]) -> Path:
     console.print(f"report: {path} (Markdown: {path.with_suffix('.md')})")
     print(path)
     return path
+
+
+def _print_collection_stats(name: str, size: int | None, seed: int) -> None:
+    task, level = parse_task(name)
+    stats = task.collection_stats(level, size, seed)
+    if stats:
+        console.print(
+            f"{name}: {stats['episodes']} collection episodes of "
+            f"{stats['rows'] // stats['episodes']} steps; subtasks finished per episode "
+            f"{stats['completions_mean']:.1f} (min {stats['completions_min']}, max "
+            f"{stats['completions_max']}); action mean {stats['action_mean']}, std "
+            f"{stats['action_std']}"
+        )
 
 
 def _levels_help() -> str:

@@ -117,6 +117,15 @@ class Task:
         reached the goal, for the all-failure Monte-Carlo constant; None on dense tasks."""
         return float(self.reward_transform(0.0)) if self.success_metric else None
 
+    def collection_stats(self, level: str, size: int | None, seed: int) -> dict:
+        """How the level's data was collected, beyond what its transitions show (for `o2o
+        dataset make|info`); empty where there is nothing more to say."""
+        return {}
+
+    def score(self, returns: np.ndarray, successes: np.ndarray) -> float:
+        """The normalised score of a set of episodes: D4RL's scale on their mean return."""
+        return self.normalize(float(np.mean(returns)))
+
     def normalize(self, episode_return: float) -> float:
         """D4RL-style normalised score (0 = random policy, 100 = expert)."""
         span = self.expert_return - self.random_return
@@ -165,7 +174,11 @@ DEFAULT_TASK = "hopper"
 
 def parse_task(name: str) -> tuple[Task, str | None]:
     """`hopper` -> (hopper, None); `hopper-medium` -> (hopper, "medium"). A bare name of a
-    task whose data has one recipe (PointMaze) gets that task's default level."""
+    task whose data has one recipe (PointMaze) gets that task's default level. OGBench's
+    single-task names (`scene-play-singletask-task2`) give that task and its data's level."""
+    single = manipulation.parse_single_task(name)
+    if single is not None:
+        return single
     matches = [t for t in TASKS if name == t or name.startswith(t + "-")]
     if not matches:
         raise ValueError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
@@ -184,4 +197,4 @@ def get_task(name: str) -> Task:
     return parse_task(name)[0]
 
 
-from o2o.envs import maze  # noqa: E402,F401  registers the PointMaze tasks
+from o2o.envs import manipulation, maze  # noqa: E402,F401  register their tasks

@@ -64,9 +64,12 @@ def print_table(rows: Sequence[dict[str, Any]], columns: dict[str, str], title: 
 
 
 def dataset_row(name: str, dataset: Dataset, task: Task | None) -> dict[str, Any]:
-    """A dataset's summary, with its behaviour score on the task's normalised scale."""
+    """A dataset's summary, with its behaviour score on the task's normalised scale (on
+    success tasks, the share of complete episodes that end at the goal x 100)."""
     row = {"dataset": name} | dataset.summary()
-    if task is not None and "return_mean" in row:
+    if task is not None and task.success_metric and row["complete_episodes"]:
+        row["normalized_score"] = 100.0 * row["terminals"] / row["complete_episodes"]
+    elif task is not None and "return_mean" in row:
         row["normalized_score"] = task.normalize(row["return_mean"])
     return row
 

@@ -83,7 +83,7 @@ class Evaluator:
         metrics = {
             "return_mean": float(returns.mean()),
             "return_std": float(returns.std()),
-            "normalized_score": float(self.task.normalize(returns.mean())),
+            "normalized_score": float(self.task.score(returns, successes)),
             "episode_length": float(np.mean([len(t["rew"]) for t in trajectories])),
         }
         if self.task.success_metric:

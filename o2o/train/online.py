@@ -101,7 +101,7 @@ def episode_record(
         "step": step,
         "env_steps": env_steps,
         "return": episode_return,
-        "score": float(task.normalize(episode_return)),
+        "score": float(task.score(np.array([episode_return]), np.array([success]))),
     }
     return record | ({"success": success} if task.success_metric else {})
 

@@ -39,6 +39,7 @@ from o2o.data.generate import make_dataset
 from o2o.diagnostics.finetune import finetune_metrics
 from o2o.envs.tasks import (
     DEFAULT_TASK,
+    TASKS,
     ObservationNormalizer,
     RewardTransform,
     Task,
@@ -351,8 +352,21 @@ def _print_preset(config: TrainConfig) -> None:
             f"[yellow]{config.algo}: the '{config.preset}' recipe, though '{expected}' is the "
             f"one for {config.task}"
         )
+    elif _lacks_family_preset(config):
+        family = parse_task(config.task)[0].family
+        console.print(
+            f"[yellow]{config.algo}: no '{family}' recipe yet; the default '{config.preset}' "
+            f"recipe for {config.task}"
+        )
     else:
         console.print(f"{config.algo}: the '{config.preset}' recipe for {config.task}")
+
+
+def _lacks_family_preset(config: TrainConfig) -> bool:
+    """Whether the agent has recipes per task family, but none for this task's."""
+    presets = get_agent(config.algo).presets
+    families = {task.family for task in TASKS.values()}
+    return parse_task(config.task)[0].family not in presets and bool(families & set(presets))
 
 
 def run_task(run_dir: Path) -> Task:
@@ -463,6 +477,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
     last = "" if "online" in phases else "offline_"
     console.print(
         f"final return {summary[last + 'final_return']:.1f} "
-        f"(score {summary[last + 'final_score']:.1f}), best {summary[last + 'best_return']:.1f}; "
+        f"(score {summary[last + 'final_score']:.1f}), best score "
+        f"{summary[last + 'best_score']:.1f}; "
         f"run directory: {run_dir}"
     )
