@@ -217,9 +217,13 @@ def _print_collection_stats(name: str, size: int | None, seed: int) -> None:
             f"{name}: {stats['episodes']} collection episodes of "
             f"{stats['rows'] // stats['episodes']} steps; subtasks finished per episode "
             f"{stats['completions_mean']:.1f} (min {stats['completions_min']}, max "
-            f"{stats['completions_max']}); action mean {stats['action_mean']}, std "
-            f"{stats['action_std']}"
+            f"{stats['completions_max']}); action mean {_numbers(stats['action_mean'])}, std "
+            f"{_numbers(stats['action_std'])}"
         )
+
+
+def _numbers(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
 def _levels_help() -> str:

@@ -64,7 +64,9 @@ PLAY_NOISE, PLAY_SMOOTHING = 0.1, 0.5
 NOISY_XI_MAX = 0.1  # the noisy datasets' per-episode noise level ~ U(0, 0.1)
 SUCCESS_RADIUS = 0.04  # a cube, drawer or window within 4 cm of its goal
 ARM_QPOS = 14  # arm (6) and gripper (8) joints come first in qpos, then the objects
-RAW_VERSION = 1  # bump when the collection recipe changes, so cached files are not reused
+# Bump when the collection recipe changes, so cached files are not reused (and bump
+# o2o.data.generate.DATASET_VERSION with it: the relabelled copies are cached there).
+RAW_VERSION = 1
 OGBENCH_SOURCE = (
     "OGBench single tasks: the score is the success rate x 100 over evaluation episodes "
     "(episodes end at success); returns are sums of (subtasks done - subtasks)"
@@ -348,10 +350,6 @@ def _episodes(size: int) -> int:
     return max(1, size // (EPISODE_STEPS - 1))
 
 
-def read_raw_stats(train_path: Path) -> dict:
-    return json.loads(train_path.with_name(train_path.stem + "-stats.json").read_text())
-
-
 @dataclasses.dataclass(frozen=True)
 class ManipulationTask(Task):
     """One OGBench single task; see the module docstring."""
@@ -379,7 +377,8 @@ class ManipulationTask(Task):
         """The collection episodes of the cached `level` data: subtasks finished per episode,
         action mean and std (to compare with the official files)."""
         train_path, _ = raw_paths(self.suite, level, _episodes(size or self.dataset_size), seed)
-        return read_raw_stats(train_path)["train"] if train_path.exists() else {}
+        stats_path = train_path.with_name(train_path.stem + "-stats.json")
+        return json.loads(stats_path.read_text())["train"] if stats_path.exists() else {}
 
     def base_env(self) -> gym.Env:
         _ogbench()
