@@ -166,6 +166,7 @@ def test_presets_per_task_family_and_dataset():
     dataset's own, else the task's family's, else the default."""
     from o2o.agents.awac import AWAC_ANTMAZE, AWAC_LOCOMOTION
     from o2o.agents.cql import CQL_ANTMAZE, CQL_LOCOMOTION
+    from o2o.agents.fql import FQL_MANIPULATION, FQL_PUZZLE
     from o2o.agents.idql import IDQL_ANTMAZE, IDQL_LOCOMOTION
     from o2o.agents.iql import IQL_ANTMAZE, IQL_LOCOMOTION
     from o2o.agents.sac import EDAC, RLPD, RLPD_NAVIGATION, SAC_N
@@ -207,6 +208,12 @@ def test_presets_per_task_family_and_dataset():
     rebrac = default_config("rebrac", task="hopper-medium-replay").agent
     assert (rebrac.actor_bc, rebrac.critic_bc, rebrac.batch_size) == (0.05, 0.5, 1024)
     assert REBRAC_NAVIGATION.discount == 0.999 and REBRAC_NAVIGATION.critic_lr == 5e-5
+    # OGBench manipulation: FQL's alpha per suite (its README); QC's recipe is its OGBench one.
+    assert task_preset("fql", "scene-play-singletask-task2") == ("manipulation", FQL_MANIPULATION)
+    assert task_preset("fql", "puzzle-4x4-noisy-singletask") == ("puzzle-4x4", FQL_PUZZLE)
+    assert (FQL_MANIPULATION.alpha, FQL_PUZZLE.alpha) == (300.0, 1000.0)
+    assert task_preset("fql", "hopper-medium")[0] == "default"
+    assert task_preset("qc", "cube-double-play")[0] == "manipulation"
     # Another recipe by name; a name the algorithm lacks is refused with the list.
     assert default_config("cql", task="hopper-medium", preset="navigation").agent == CQL_ANTMAZE
     with pytest.raises(ValueError, match="its presets: locomotion, navigation"):

@@ -72,3 +72,20 @@ def test_flow_bc_acts_in_bounds_and_has_no_q():
 def test_flow_bc_config_errors():
     with pytest.raises(ValueError, match="flow_steps"):
         FlowBCConfig(flow_steps=0)
+
+
+def test_layer_norm_goes_before_or_after_the_activation_as_each_reference():
+    """RLPD normalises before ReLU; the FQL and QC references apply GELU, then LayerNorm, so
+    their hidden features are normalised rows (the defaults of FQL and QC)."""
+    from o2o.agents.fql import FQLConfig
+    from o2o.agents.qc import QCConfig
+    from o2o.nets.mlp import MLP
+
+    x = jax.random.normal(jax.random.key(0), (4, 6))
+    after = MLP((16, 16), activate_final=True, layer_norm=True, activation="gelu", norm_first=False)
+    y = after.apply(after.init(jax.random.key(1), x), x)
+    np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(-1), 1.0, atol=1e-2)
+    before = MLP((16, 16), activate_final=True, layer_norm=True)
+    assert (before.apply(before.init(jax.random.key(1), x), x) >= 0).all()  # ReLU last
+    assert FQLConfig().activation == QCConfig().activation == "gelu"

@@ -83,7 +83,8 @@ def test_bimodal_known_answer():
     """Q learns the reward (one step); the one-step policy, held near the BC flow, lands on a
     mode for each noise draw, so both modes appear and nearly every action is rewarded. The
     reference's advice for a new environment: normalise the Q loss, sweep alpha in [0.03, 10];
-    alpha 1 here (with alpha 10, 1,500 updates leave a third of the actions between modes)."""
+    alpha 1 here (with alpha 10, 1,500 updates leave a third of the actions between modes).
+    With the reference's GELU networks 1,500 updates reach 0.77; 2,500 reach 0.85."""
     config = FQLConfig(
         actor_hidden_dims=(64, 64), hidden_dims=(64, 64), alpha=1.0, normalize_q_loss=True
     )
@@ -93,7 +94,7 @@ def test_bimodal_known_answer():
         return agent.update(bimodal_batch(key))
 
     run = jax.jit(lambda a, keys: jax.lax.scan(step, a, keys))
-    agent, _ = run(agent, jax.random.split(jax.random.key(1), 1500))
+    agent, _ = run(agent, jax.random.split(jax.random.key(1), 2500))
     obs = jax.random.normal(jax.random.key(7), (512, 3))
     actions = agent.sample_actions(obs, jax.random.key(8), deterministic=True)
     positive = float((actions.mean(-1) > 0).mean())

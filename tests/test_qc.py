@@ -51,7 +51,9 @@ def window_batch() -> dict[str, np.ndarray]:
 def member_q(params, observations, chunks, member: int) -> np.ndarray:
     """Critic `member`'s Q, applied on its own."""
     own = jax.tree.map(lambda p: p[member], params)
-    return np_(StateActionValue(HIDDEN, True).apply(own, observations, chunks))
+    return np_(
+        StateActionValue(HIDDEN, True, "gelu", norm_first=False).apply(own, observations, chunks)
+    )
 
 
 @pytest.mark.parametrize("q_agg", ["mean", "min"])

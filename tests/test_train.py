@@ -418,3 +418,18 @@ def test_evaluation_draws_fresh_noise_at_each_decision_and_repeats_it():
     assert not np.array_equal(first[0]["act"][0], first[1]["act"][0])  # each environment its own
     again = evaluator.rollouts(evaluator.policy(NoiseOnly()))[1]
     np.testing.assert_array_equal(actions, np.asarray(again[0]["act"]))
+
+
+def test_a_flow_run_from_before_gelu_is_not_resumed_as_gelu(tmp_path):
+    """FQL's and QC's networks became GELU; a saved config without `activation` ran ReLU, so
+    reusing it under today's default would load ReLU weights into GELU networks."""
+    from o2o.train.pipeline import check_resumable, default_config
+
+    config = default_config("fql", task="hopper", out=tmp_path)
+    saved = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    del saved["agent"]["activation"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"agent\.activation \(saved 'relu', now 'gelu'\)"):
+        check_resumable(tmp_path, config)
+    relu = dataclasses.replace(config, agent=dataclasses.replace(config.agent, activation="relu"))
+    check_resumable(tmp_path, relu)

@@ -179,11 +179,11 @@ class AgentSpec:
     def default_preset(self) -> str:
         return next(iter(self.presets))
 
-    def preset(self, dataset: str | None, task: str, family: str) -> tuple[str, Any]:
-        """(name, config) of the most specific recipe: the dataset's (TASK-LEVEL), the task's,
-        the family's, else the default."""
-        for key in (dataset, task, family):
-            if key is not None and key in self.presets:
+    def preset(self, *keys: str) -> tuple[str, Any]:
+        """(name, config) of the first of `keys` with a recipe (most specific first: the
+        dataset, the task, the family; `o2o.envs.tasks.Task.preset_keys`), else the default."""
+        for key in keys:
+            if key in self.presets:
                 return key, self.presets[key]
         return self.default_preset, self.default_config
 

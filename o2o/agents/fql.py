@@ -8,17 +8,23 @@ through those steps backpropagates through the whole ODE. FQL keeps two actors:
 The one-step policy acts, and gives the next actions of the TD target. alpha sets how far the
 policy may leave the data's support: the one hyperparameter the reference tunes per task.
 
-Recipe (`agents/fql.py: get_config`): (512, 512, 512, 512) MLPs for both actors and the critic,
-LayerNorm in the critic only, 2 critics whose mean (`q_agg='mean'`; `min` for some tasks) is
-both the target and the actor's objective, alpha 10, 10 Euler steps for the BC flow, Q loss
-not normalised (`normalize_q_loss=True` scales it by 1 / mean |Q|, the README's advice for new
-environments), lr 3e-4, batch 256, gamma 0.99, tau 0.005. Actions are clipped to [-1, 1]
-where they act or Q is evaluated (the BC flow's output always); the distillation loss takes the
-one-step policy's output unclipped. The TD loss is the mean over critics and rows.
-One preset for every task: the reference's D4RL AntMaze commands keep these defaults (alpha 10;
-3 on the large mazes), and it has no locomotion recipe.
+Recipe (`agents/fql.py: get_config`): (512, 512, 512, 512) GELU MLPs for both actors and the
+critic, LayerNorm (after each activation) in the critic only, 2 critics whose mean
+(`q_agg='mean'`; `min` for some tasks) is both the target and the actor's objective, alpha
+10, 10 Euler steps for the BC flow, Q loss not normalised (`normalize_q_loss=True` scales it
+by 1 / mean |Q|, the README's advice for new environments), lr 3e-4, batch 256, gamma 0.99,
+tau 0.005. Actions are clipped to [-1, 1] where they act or Q is evaluated (the BC flow's
+output always); the distillation loss takes the one-step policy's output unclipped. The TD
+loss is the mean over critics and rows.
+
+Presets: `default` for every task but OGBench manipulation (the reference's D4RL AntMaze
+commands keep these defaults, alpha 10, 3 on the large mazes; it has no locomotion recipe);
+`manipulation` alpha 300 (cube, scene) and `puzzle-3x3`, `puzzle-4x4` alpha 1000, the README's
+commands for those suites, offline and offline-to-online alike.
 
 Choices and deviations:
+- The critic's output layer starts from flax's default initialisation (LeCun normal); the
+  reference's last Dense is Xavier-uniform like its hidden layers.
 - The reference sums the three losses and takes one Adam step on the joint parameters. Each
   loss reaches only its own part (the distillation target and the Q term use the others'
   current parameters without gradient), and Adam is per-parameter, so one Adam per part, as
@@ -51,6 +57,7 @@ from o2o.agents.base import (
     scan_update_steps,
 )
 from o2o.nets.ensemble import StateActionValue, ensemble_state, reduce_members
+from o2o.nets.mlp import Activation
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
 
@@ -60,7 +67,8 @@ class FQLConfig:
 
     actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)  # critic
-    critic_layer_norm: bool = True
+    critic_layer_norm: bool = True  # after each activation, as the reference's MLP
+    activation: Activation = "gelu"
     num_critics: int = 2
     q_agg: Literal["mean", "min"] = "mean"
     alpha: float = 10.0  # distillation weight: how close the one-step policy stays to the flow
@@ -101,10 +109,15 @@ class FQL(flax.struct.PyTreeNode):
         obs = jnp.zeros((1, *obs_space.shape), jnp.float32)
         act = jnp.zeros((1, act_space.shape[-1]), jnp.float32)
         key_flow, key_actor, key_critic, rng = jax.random.split(jax.random.key(seed), 4)
-        flow_def = FlowField(act.shape[-1], config.actor_hidden_dims)
-        actor_def = FlowField(act.shape[-1], config.actor_hidden_dims)
+        flow_def = FlowField(act.shape[-1], config.actor_hidden_dims, activation=config.activation)
+        actor_def = FlowField(act.shape[-1], config.actor_hidden_dims, activation=config.activation)
         critic = ensemble_state(
-            StateActionValue(config.hidden_dims, config.critic_layer_norm),
+            StateActionValue(
+                config.hidden_dims,
+                config.critic_layer_norm,
+                activation=config.activation,
+                norm_first=False,
+            ),
             key_critic,
             config.num_critics,
             optax.adam(config.lr),
@@ -221,4 +234,17 @@ class FQL(flax.struct.PyTreeNode):
         return Needs(normalize_observations=self.config.normalize_observations)
 
 
-register("fql", FQL, FQLConfig(), "flow Q-learning: BC flow + one-step policy against Q")
+FQL_DEFAULT = FQLConfig()
+FQL_MANIPULATION = dataclasses.replace(FQL_DEFAULT, alpha=300.0)  # cube and scene
+FQL_PUZZLE = dataclasses.replace(FQL_DEFAULT, alpha=1000.0)
+register(
+    "fql",
+    FQL,
+    {
+        "default": FQL_DEFAULT,
+        "manipulation": FQL_MANIPULATION,
+        "puzzle-3x3": FQL_PUZZLE,
+        "puzzle-4x4": FQL_PUZZLE,
+    },
+    "flow Q-learning: BC flow + one-step policy against Q",
+)

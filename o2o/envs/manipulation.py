@@ -373,6 +373,10 @@ class ManipulationTask(Task):
     def score(self, returns: np.ndarray, successes: np.ndarray) -> float:
         return 100.0 * float(np.mean(successes))
 
+    def preset_keys(self, level: str | None) -> tuple[str, ...]:
+        """The references tune per suite (FQL's alpha: 300 cube and scene, 1000 puzzles)."""
+        return (self.name, self.suite, self.family)
+
     def collection_stats(self, level: str, size: int | None, seed: int) -> dict:
         """The collection episodes of the cached `level` data: subtasks finished per episode,
         action mean and std (to compare with the official files)."""

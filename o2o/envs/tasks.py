@@ -117,6 +117,12 @@ class Task:
         reached the goal, for the all-failure Monte-Carlo constant; None on dense tasks."""
         return float(self.reward_transform(0.0)) if self.success_metric else None
 
+    def preset_keys(self, level: str | None) -> tuple[str, ...]:
+        """Where to look for an agent's reference recipe, most specific first: the dataset
+        (TASK-LEVEL), the task, its family (`o2o.agents.base.AgentSpec.preset`)."""
+        dataset = (f"{self.name}-{level}",) if level is not None else ()
+        return (*dataset, self.name, self.family)
+
     def collection_stats(self, level: str, size: int | None, seed: int) -> dict:
         """How the level's data was collected, beyond what its transitions show (for `o2o
         dataset make|info`); empty where there is nothing more to say."""

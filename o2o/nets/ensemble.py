@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.nets.mlp import MLP
+from o2o.nets.mlp import MLP, Activation
 
 
 class StateActionValue(nn.Module):
@@ -23,11 +23,19 @@ class StateActionValue(nn.Module):
 
     hidden_dims: tuple[int, ...] = (256, 256)
     layer_norm: bool = False
+    activation: Activation = "relu"
+    norm_first: bool = True  # LayerNorm before the activation (see `MLP`)
 
     @nn.compact
     def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         x = jnp.concatenate([observations, actions], axis=-1)
-        x = MLP(self.hidden_dims, activate_final=True, layer_norm=self.layer_norm)(x)
+        x = MLP(
+            self.hidden_dims,
+            activate_final=True,
+            layer_norm=self.layer_norm,
+            activation=self.activation,
+            norm_first=self.norm_first,
+        )(x)
         return nn.Dense(1)(x)[..., 0]
 
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from o2o.nets.mlp import MLP, default_init
+from o2o.nets.mlp import MLP, Activation, default_init
 
 _LOG_2 = jnp.log(2.0)
 # Dataset actions at exactly +-1 (clipped data, or a bang-bang behaviour policy) have
@@ -105,15 +105,20 @@ class FlowField(nn.Module):
     action_dim: int
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
     layer_norm: bool = False
+    activation: Activation = "relu"
 
     @nn.compact
     def __call__(
         self, observations: jax.Array, x: jax.Array, t: jax.Array | None = None
     ) -> jax.Array:
         inputs = [observations, x] if t is None else [observations, x, t[..., None]]
-        h = MLP(self.hidden_dims, activate_final=True, layer_norm=self.layer_norm)(
-            jnp.concatenate(inputs, axis=-1)
-        )
+        h = MLP(
+            self.hidden_dims,
+            activate_final=True,
+            layer_norm=self.layer_norm,
+            activation=self.activation,
+            norm_first=False,
+        )(jnp.concatenate(inputs, axis=-1))
         return nn.Dense(self.action_dim, kernel_init=default_init())(h)
 
 

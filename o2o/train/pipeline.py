@@ -131,8 +131,7 @@ def task_preset(algo: str, task: str) -> tuple[str, Any]:
     dataset's own, else the task's, else its family's (locomotion, navigation), else the
     algorithm's default."""
     found, level = parse_task(task)
-    dataset = f"{found.name}-{level}" if level is not None else None
-    return get_agent(algo).preset(dataset, found.name, found.family)
+    return get_agent(algo).preset(*found.preset_keys(level))
 
 
 @functools.cache
@@ -179,6 +178,11 @@ def _differences(saved: dict, current: dict, defaults: dict, prefix: str = "") -
     return diffs
 
 
+# Agent fields added after runs existed whose default is not what those runs did: a saved
+# config without the field ran with this value (FQL and QC had ReLU networks before 2026-12-03).
+VALUES_BEFORE_FIELD = {"fql": {"activation": "relu"}, "qc": {"activation": "relu"}}
+
+
 def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     """A run directory is reused only by the same configuration (online_steps may grow):
     raises ValueError naming the fields that differ. The saved run's `offline_ratio` is not
@@ -191,6 +195,7 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     if saved.get("online_steps") == 0 or saved.get("data_mix") == "proportional":
         current["agent"].pop("offline_ratio", None)
     defaults = _config_json(default_config(config.algo))
+    defaults["agent"] |= VALUES_BEFORE_FIELD.get(config.algo, {})
     diff = _differences(saved, current, defaults)
     if diff:
         raise ValueError(
