@@ -98,3 +98,24 @@ def test_agents_without_a_manipulation_recipe_say_which_one_they_use(capsys):
     out = capsys.readouterr().err  # o2o's console writes to stderr
     assert "iql: no 'manipulation' recipe yet; the default 'locomotion' recipe" in out
     assert "bc: the 'default' recipe for scene-play" in out
+
+
+def test_sparse_variant_rewards_minus_one_until_solved_in_data_and_online():
+    """Q-chunking's `--sparse` (its scene-sparse and puzzle-3x3-sparse tables)."""
+    task, level = parse_task("puzzle-3x3-play-singletask-task4-sparse-post")
+    assert (task.sparse, task.success_timing, level) == (True, "post", "play")
+    assert task.name == "puzzle-3x3-singletask-task4-sparse-post" and task.failure_reward == -1.0
+    goal = task.goal()["goal_button_states"]
+    buttons = np.zeros((4, 9), np.int64)
+    buttons[1] = goal
+    arrays = {
+        "observations": np.zeros((4, 3), np.float32),
+        "actions": np.zeros((4, 5), np.float32),
+        "terminals": np.arange(4) == 3,
+        "qpos": np.zeros((4, 23), np.float32),
+        "button_states": buttons,
+    }
+    np.testing.assert_array_equal(task.relabel(arrays, "hand-made").rewards, [-1, 0, -1])
+    env = task.make_env()
+    env.reset(seed=0)
+    assert env.step(np.zeros(5, np.float32))[1] == -1.0  # dense: minus the unsolved buttons

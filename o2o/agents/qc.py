@@ -20,8 +20,8 @@ Recipe (`get_config` and the `main.py` flags): h 5, N 32, 10 flow steps, 4 x 512
 for the prior and the 2 critics, LayerNorm (after each activation) in the critics only, mean
 aggregation, Adam 3e-4, batch 256, gamma 0.99, tau 0.005, UTD 1; online, updates start after
 5,000 steps. This is the README's OGBench manipulation command, so the `manipulation` preset is
-the default. Its `--sparse=True` (scene, puzzle-3x3: reward -1 unless solved) is a variant of
-the task's reward that o2o does not offer yet.
+the default. Its `--sparse=True` (scene, puzzle-3x3: reward -1 unless solved) is the task
+variant `...-singletask-taskN-sparse` (`o2o.envs.manipulation`).
 
 Choices and deviations:
 - Online the prior is frozen (`freeze_prior`, through `switch_parts`): only the critic learns,

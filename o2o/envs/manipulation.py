@@ -34,6 +34,10 @@ collection episode's last row dropped (its next observation is unknown). The env
 OGBench's `<suite>-singletask-taskN-v0` (the episode ends at success). The score is the
 success rate x 100.
 
+Sparse variant (Q-chunking's `--sparse`, its tables' scene-sparse and puzzle-3x3-sparse): a
+name ending in `-sparse` (before `-post`) gives reward -1 until the task is solved, then 0, in
+the data and online alike.
+
 Success timing: OGBench >= 1.2 scores the reward, termination and success of a step on the
 state before the action (`pre`, the default here, consistent with the relabelled data); 1.1.x,
 which the FQL and Q-chunking papers used, scored them after it. A task name ending in `-post`
@@ -364,11 +368,13 @@ class ManipulationTask(Task):
     suite: str = "scene"
     task_id: int = 2
     success_timing: str = "pre"
+    sparse: bool = False  # Q-chunking's variant: reward -1 until solved, then 0
 
     @property
     def failure_reward(self) -> float | None:
-        """Rewards count unfinished subtasks, so no single reward means "failed": none."""
-        return None
+        """Dense rewards count unfinished subtasks, so no single reward means "failed" (none);
+        the sparse variant's -1 does."""
+        return -1.0 if self.sparse else None
 
     def score(self, returns: np.ndarray, successes: np.ndarray) -> float:
         return 100.0 * float(np.mean(successes))
@@ -386,11 +392,14 @@ class ManipulationTask(Task):
 
     def base_env(self) -> gym.Env:
         _ogbench()
-        return gym.make(
+        env = gym.make(
             self.env_id,
             success_timing=self.success_timing,
             max_episode_steps=self.max_episode_steps,
         )
+        if self.sparse:
+            env = gym.wrappers.TransformReward(env, lambda r: float(_sparse(r)))
+        return env
 
     def goal(self) -> dict:
         """The task's goal state, from OGBench's task definition."""
@@ -427,12 +436,13 @@ class ManipulationTask(Task):
         keep = ~ends  # each episode's last row has no next observation
         successes = self.subtask_successes(arrays["qpos"], arrays.get("button_states"))[keep]
         solved = successes.all(-1)
+        rewards = (successes.sum(-1) - successes.shape[-1]).astype(np.float32)
         last_kept = np.roll(ends, -1)[keep]  # the row before each episode's last
         return Dataset.from_arrays(
             {
                 "observations": arrays["observations"][keep],
                 "actions": arrays["actions"][keep],
-                "rewards": (successes.sum(-1) - successes.shape[-1]).astype(np.float32),
+                "rewards": _sparse(rewards) if self.sparse else rewards,
                 "next_observations": arrays["observations"][np.roll(keep, 1)],
                 "terminals": solved,
                 "timeouts": last_kept & ~solved,
@@ -451,17 +461,26 @@ class ManipulationTask(Task):
         return self.relabel(arrays, f"generated {self.suite}-{level} (seed {seed}) for {self.name}")
 
 
+def _sparse(rewards):
+    """Q-chunking's sparse reward (`--sparse`): -1 unless every subtask is done, then 0."""
+    return np.where(np.asarray(rewards) == 0, 0.0, -1.0).astype(np.float32)
+
+
 SINGLE_TASK = re.compile(
     r"^(?P<suite>[a-z0-9-]+?)-(?P<level>play|noisy)-singletask(?:-task(?P<id>[1-5]))?"
-    r"(?P<post>-post)?$"
+    r"(?P<sparse>-sparse)?(?P<post>-post)?$"
 )
 
 
-def single_task(suite_name: str, task_id: int | None = None, timing: str = "pre") -> Task:
-    """The task `suite-singletask-taskN` (the default task without N), success timed `timing`."""
+def single_task(
+    suite_name: str, task_id: int | None = None, timing: str = "pre", sparse: bool = False
+) -> Task:
+    """The task `suite-singletask-taskN` (the default task without N), success timed `timing`,
+    with Q-chunking's sparse reward if `sparse`."""
     suite = SUITES[suite_name]
     task_id = task_id or suite.default_task
-    name = f"{suite.name}-singletask-task{task_id}" + ("-post" if timing == "post" else "")
+    name = f"{suite.name}-singletask-task{task_id}"
+    name += ("-sparse" if sparse else "") + ("-post" if timing == "post" else "")
     return ManipulationTask(
         name=name,
         env_id=f"{suite.name}-singletask-task{task_id}-v0",
@@ -469,16 +488,19 @@ def single_task(suite_name: str, task_id: int | None = None, timing: str = "pre"
         suite=suite.name,
         task_id=task_id,
         success_timing=timing,
+        sparse=sparse,
     )
 
 
 def parse_single_task(name: str) -> tuple[Task, str] | None:
-    """`scene-play-singletask-task2[-post]` -> (that task, "play"); None for other names."""
+    """`scene-play-singletask-task2[-sparse][-post]` -> (that task, "play"); None for other
+    names."""
     match = SINGLE_TASK.match(name)
     if match is None or match["suite"] not in SUITES:
         return None
     task_id = int(match["id"]) if match["id"] else None
-    return single_task(match["suite"], task_id, "post" if match["post"] else "pre"), match["level"]
+    timing = "post" if match["post"] else "pre"
+    return single_task(match["suite"], task_id, timing, bool(match["sparse"])), match["level"]
 
 
 for _suite in SUITES:  # the bare suite names: their default task
