@@ -58,6 +58,45 @@ def test_presets_are_the_reference_recipes():
     assert (IQL_ANTMAZE.expectile, IQL_ANTMAZE.temperature) == (0.9, 10.0)
 
 
+def test_manipulation_presets_are_the_fql_papers():
+    """Table 6 of the FQL paper: AWR temperature per OGBench suite; 4 x 256, expectile 0.9."""
+    from o2o.train.pipeline import task_preset
+
+    temperatures = {
+        "cube-single-play": 1.0,
+        "cube-double-play-singletask-task3": 0.3,
+        "scene-play": 10.0,
+        "puzzle-3x3-noisy-singletask": 10.0,
+        "puzzle-4x4-play": 3.0,
+    }
+    for task, temperature in temperatures.items():
+        config = task_preset("iql", task)[1]
+        assert config.temperature == temperature, task
+        assert (config.expectile, config.hidden_dims) == (0.9, (256,) * 4)
+        assert not config.reward_scale_by_return_range and config.decay_steps is None
+
+
+def test_fql_repository_networks_unit_std_untanhed_mean_clipped_to_act():
+    """The manipulation preset's actor: N(f(s), I) with no tanh, so the deterministic action
+    is the mean clipped to the bounds; Q and V have LayerNorm."""
+    config = IQLConfig(
+        **TINY, activation="gelu", critic_layer_norm=True, tanh_mean=False, const_std=True
+    )
+    agent = IQL.create(config, OBS, ACT, 0)
+    params = agent.actor.params["params"]
+    assert "log_std" not in params
+    big = {**params, "Dense_0": {**params["Dense_0"], "bias": jnp.full(2, 3.0)}}
+    mean, log_std = agent.actor.apply_fn({"params": big}, jnp.zeros((1, 3)))
+    np.testing.assert_allclose(mean, 3.0, atol=1e-5)  # not squashed
+    np.testing.assert_array_equal(log_std, 0.0)
+    actor = agent.actor.replace(params={"params": big})
+    act = agent.replace(actor=actor).sample_actions(jnp.zeros((1, 3)), jax.random.key(0), True)
+    np.testing.assert_array_equal(act, 1.0)
+    assert any("LayerNorm" in k for k in agent.value.params["params"]["MLP_0"])
+    agent, info = agent.update(batch(1))
+    assert np.isfinite(float(info["actor_loss"]))
+
+
 def test_actor_lr_decays_then_stays_constant_for_fine_tuning():
     lr = actor_learning_rate(IQLConfig(decay_steps=100))
     np.testing.assert_allclose([lr(0), lr(50), lr(99)], [3e-4, 1.5e-4, 0.0], atol=1e-7)

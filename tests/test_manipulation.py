@@ -93,10 +93,12 @@ def test_relabelling_ends_episodes_at_success_and_at_the_collection_limit():
 def test_agents_without_a_manipulation_recipe_say_which_one_they_use(capsys):
     from o2o.train.pipeline import _print_preset, default_config
 
-    _print_preset(default_config("iql", "scene-play-singletask-task2"))
+    _print_preset(default_config("cql", "scene-play-singletask-task2"))
     _print_preset(default_config("bc", "scene-play"))
+    _print_preset(default_config("iql", "cube-double-play"))
     out = capsys.readouterr().err  # o2o's console writes to stderr
-    assert "iql: no 'manipulation' recipe yet; the default 'locomotion' recipe" in out
+    assert "cql: no 'manipulation' recipe yet; the default 'locomotion' recipe" in out
+    assert "iql: the 'cube-double' recipe for cube-double-play" in out
     assert "bc: the 'default' recipe for scene-play" in out
 
 

@@ -10,7 +10,12 @@ Recipe (`configs/mujoco_config.py`, `learner.py`): (256, 256) MLPs, 2 critics, e
 rate 3e-4, gamma 0.99, tau 0.005, expectile 0.7, beta 3.0, batch 256; the actor's learning rate
 follows a cosine decay. `IQL_ANTMAZE` is the sparse-reward preset (`antmaze_config.py`:
 expectile 0.9, beta 10.0); its rewards are shifted by -1, which the task registry's reward
-transform applies (`SPARSE_TO_MINUS_ONE`), not this agent. The reference also rescales
+transform applies (`SPARSE_TO_MINUS_ONE`), not this agent. `IQL_MANIPULATION` and
+`IQL_SUITES` are the FQL paper's IQL on OGBench manipulation (its Tables 5-6, run with
+seohongpark/fql `agents/iql.py`): 4 x 256 GELU networks with LayerNorm after each activation
+in Q and V, a plain Gaussian actor N(f(s), I) whose last layer starts at 1/100 of the usual
+scale, expectile 0.9, no learning-rate decay, rewards unscaled, AWR temperature 10 (scene,
+puzzle-3x3), 1 (cube-single), 0.3 (cube-double), 3 (puzzle-4x4). The reference also rescales
 locomotion rewards by 1000 / (max - min dataset episode return), so that beta = 3 acts on
 advantages of a known scale: `reward_scale_by_return_range` asks the pipeline to do that, to
 offline and online rewards alike (`o2o.train.pipeline.learning_task`).
@@ -55,6 +60,7 @@ from o2o.agents.base import (
     scan_update_steps,
 )
 from o2o.nets.ensemble import StateActionValue, StateValue, ensemble_state
+from o2o.nets.mlp import Activation
 from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
 
 
@@ -79,6 +85,14 @@ class IQLConfig:
     start_steps: int = 0
     reward_scale_by_return_range: bool = True  # r * 1000 / (max - min dataset episode return)
     normalize_observations: bool = False  # states standardised by the dataset's mean and std
+    # Network forms: the defaults are ikostrikov/implicit_q_learning's; the `manipulation`
+    # presets set seohongpark/fql's (GELU, LayerNorm after it in Q and V, a plain Gaussian
+    # actor with unit std and a small last layer).
+    activation: Activation = "relu"
+    critic_layer_norm: bool = False  # Q and V
+    tanh_mean: bool = True
+    const_std: bool = False
+    actor_init_scale: float = 1.0
 
     def __post_init__(self):
         if not 0.0 < self.expectile < 1.0:
@@ -95,6 +109,25 @@ IQL_LOCOMOTION = IQLConfig()
 IQL_ANTMAZE = dataclasses.replace(
     IQL_LOCOMOTION, expectile=0.9, temperature=10.0, reward_scale_by_return_range=False
 )
+# The FQL paper's IQL on OGBench manipulation (its Table 5 and 6; seohongpark/fql agents/iql.py):
+# 4 x 256 GELU networks, expectile 0.9, AWR temperature per suite, no learning-rate decay.
+IQL_MANIPULATION = dataclasses.replace(
+    IQL_LOCOMOTION,
+    hidden_dims=(256, 256, 256, 256),
+    decay_steps=None,
+    expectile=0.9,
+    temperature=10.0,  # scene, puzzle-3x3
+    reward_scale_by_return_range=False,
+    activation="gelu",
+    critic_layer_norm=True,
+    tanh_mean=False,
+    const_std=True,
+    actor_init_scale=0.01,
+)
+IQL_SUITES = {
+    suite: dataclasses.replace(IQL_MANIPULATION, temperature=temperature)
+    for suite, temperature in (("cube-single", 1.0), ("cube-double", 0.3), ("puzzle-4x4", 3.0))
+}
 
 
 def actor_learning_rate(config: IQLConfig) -> optax.ScalarOrSchedule:
@@ -130,17 +163,29 @@ class IQL(flax.struct.PyTreeNode):
         act = jnp.zeros((1, *act_space.shape), jnp.float32)
         key_actor, key_critic, key_value = jax.random.split(jax.random.key(seed), 3)
 
-        actor_def = TanhMeanGaussian(act.shape[-1], config.hidden_dims)
+        actor_def = TanhMeanGaussian(
+            act.shape[-1],
+            config.hidden_dims,
+            tanh_mean=config.tanh_mean,
+            const_std=config.const_std,
+            activation=config.activation,
+            mean_init_scale=config.actor_init_scale,
+        )
         actor = TrainState.create(
             apply_fn=actor_def.apply,
             params=actor_def.init(key_actor, obs),
             tx=optax.adam(actor_learning_rate(config)),
         )
-        critic_def = StateActionValue(config.hidden_dims)
+        norm = {
+            "layer_norm": config.critic_layer_norm,
+            "activation": config.activation,
+            "norm_first": False,
+        }
+        critic_def = StateActionValue(config.hidden_dims, **norm)
         critic = ensemble_state(
             critic_def, key_critic, config.num_critics, optax.adam(config.critic_lr), obs, act
         )
-        value_def = StateValue(config.hidden_dims)
+        value_def = StateValue(config.hidden_dims, **norm)
         value = TrainState.create(
             apply_fn=value_def.apply,
             params=value_def.init(key_value, obs),
@@ -232,6 +277,11 @@ class IQL(flax.struct.PyTreeNode):
 register(
     "iql",
     IQL,
-    {"locomotion": IQL_LOCOMOTION, "navigation": IQL_ANTMAZE},
+    {
+        "locomotion": IQL_LOCOMOTION,
+        "navigation": IQL_ANTMAZE,
+        "manipulation": IQL_MANIPULATION,
+        **IQL_SUITES,
+    },
     "implicit Q-learning: expectile V, AWR actor",
 )

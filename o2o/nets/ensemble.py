@@ -43,10 +43,19 @@ class StateValue(nn.Module):
     """V(s): an MLP over the observation."""
 
     hidden_dims: tuple[int, ...] = (256, 256)
+    layer_norm: bool = False
+    activation: Activation = "relu"
+    norm_first: bool = True  # LayerNorm before the activation (see `MLP`)
 
     @nn.compact
     def __call__(self, observations: jax.Array) -> jax.Array:
-        x = MLP(self.hidden_dims, activate_final=True)(observations)
+        x = MLP(
+            self.hidden_dims,
+            activate_final=True,
+            layer_norm=self.layer_norm,
+            activation=self.activation,
+            norm_first=self.norm_first,
+        )(observations)
         return nn.Dense(1)(x)[..., 0]
 
 

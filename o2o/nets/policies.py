@@ -67,6 +67,9 @@ def tanh_gaussian_log_prob(mean: jax.Array, log_std: jax.Array, actions: jax.Arr
 
 class TanhMeanGaussian(nn.Module):
     """IQL's policy: N(tanh(f(s)), diag(exp(2 log_std))), log_std a free parameter in [-5, 2].
+    With `tanh_mean` False, `const_std` True and a small `mean_init_scale` it is the
+    seohongpark/fql `Actor` its IQL uses: N(f(s), I), the last layer's initial weights scaled
+    down.
 
     Returns (mean, log_std), log_std broadcast to the mean's shape.
     """
@@ -75,11 +78,19 @@ class TanhMeanGaussian(nn.Module):
     hidden_dims: tuple[int, ...] = (256, 256)
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    tanh_mean: bool = True
+    const_std: bool = False  # log_std fixed at 0
+    activation: Activation = "relu"
+    mean_init_scale: float = 1.0  # of the last layer's Xavier-uniform variance
 
     @nn.compact
     def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = MLP(self.hidden_dims, activate_final=True)(observations)
-        mean = jnp.tanh(nn.Dense(self.action_dim, kernel_init=default_init())(x))
+        x = MLP(self.hidden_dims, activate_final=True, activation=self.activation)(observations)
+        init = nn.initializers.variance_scaling(self.mean_init_scale, "fan_avg", "uniform")
+        mean = nn.Dense(self.action_dim, kernel_init=init)(x)
+        mean = jnp.tanh(mean) if self.tanh_mean else mean
+        if self.const_std:
+            return mean, jnp.zeros_like(mean)
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return mean, jnp.broadcast_to(log_std, mean.shape)
@@ -88,10 +99,10 @@ class TanhMeanGaussian(nn.Module):
 def clipped_gaussian_sample(
     mean: jax.Array, log_std: jax.Array, key: jax.Array, deterministic: bool = False
 ) -> jax.Array:
-    """a ~ N(mean, exp(log_std)^2) clipped to [-1, 1] (IQL's and AWAC's acting); the mean if
-    deterministic."""
+    """a ~ N(mean, exp(log_std)^2) clipped to [-1, 1] (IQL's and AWAC's acting); the mean
+    (clipped) if deterministic."""
     if deterministic:
-        return mean
+        return jnp.clip(mean, -1.0, 1.0)
     noise = jax.random.normal(key, mean.shape)
     return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
 
