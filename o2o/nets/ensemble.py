@@ -18,29 +18,8 @@ from flax.training.train_state import TrainState
 from o2o.nets.mlp import MLP, Activation
 
 
-class StateActionValue(nn.Module):
-    """Q(s, a): an MLP over the concatenated observation and action."""
-
-    hidden_dims: tuple[int, ...] = (256, 256)
-    layer_norm: bool = False
-    activation: Activation = "relu"
-    norm_first: bool = True  # LayerNorm before the activation (see `MLP`)
-
-    @nn.compact
-    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
-        x = jnp.concatenate([observations, actions], axis=-1)
-        x = MLP(
-            self.hidden_dims,
-            activate_final=True,
-            layer_norm=self.layer_norm,
-            activation=self.activation,
-            norm_first=self.norm_first,
-        )(x)
-        return nn.Dense(1)(x)[..., 0]
-
-
 class StateValue(nn.Module):
-    """V(s): an MLP over the observation."""
+    """V(s): an MLP over the observation, then one linear output."""
 
     hidden_dims: tuple[int, ...] = (256, 256)
     layer_norm: bool = False
@@ -48,15 +27,19 @@ class StateValue(nn.Module):
     norm_first: bool = True  # LayerNorm before the activation (see `MLP`)
 
     @nn.compact
-    def __call__(self, observations: jax.Array) -> jax.Array:
+    def __call__(self, *inputs: jax.Array) -> jax.Array:
         x = MLP(
             self.hidden_dims,
             activate_final=True,
             layer_norm=self.layer_norm,
             activation=self.activation,
             norm_first=self.norm_first,
-        )(observations)
+        )(jnp.concatenate(inputs, axis=-1))
         return nn.Dense(1)(x)[..., 0]
+
+
+class StateActionValue(StateValue):
+    """Q(s, a): the same network over the concatenated observation and action."""
 
 
 def init_ensemble(module: nn.Module, key: jax.Array, num: int, *inputs: jax.Array):
