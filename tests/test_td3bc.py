@@ -25,16 +25,17 @@ PRESETS = {
 
 
 def np_mlp(p: dict, x: np.ndarray, activate_final: bool) -> np.ndarray:
-    """o2o's MLP in float64: Dense, then LayerNorm (eps 1e-6) if present, then ReLU."""
+    """o2o's MLP in float64: Dense, ReLU, then LayerNorm (eps 1e-6) if present (ReBRAC's
+    critics put it after the activation, as CORL's)."""
     n = sum(k.startswith("Dense") for k in p)
     for i in range(n):
         x = x @ np.float64(p[f"Dense_{i}"]["kernel"]) + np.float64(p[f"Dense_{i}"]["bias"])
         if i + 1 < n or activate_final:
+            x = np.maximum(x, 0.0)
             if f"LayerNorm_{i}" in p:
                 ln = p[f"LayerNorm_{i}"]
                 x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
                 x = x * np.float64(ln["scale"]) + np.float64(ln["bias"])
-            x = np.maximum(x, 0.0)
     return x
 
 
@@ -319,3 +320,43 @@ def test_rebrac_declares_next_actions_in_the_phases_whose_penalty_is_on():
         td3bc.needs("offline").batch_fields == set()
         and td3bc.needs("offline").normalize_observations
     )
+
+
+def test_rebrac_manipulation_presets_are_the_fql_papers():
+    """Table 6 of the FQL paper: (beta_actor, beta_critic) per OGBench suite, kept online;
+    CORL's and the FQL repository's critics put LayerNorm after the activation."""
+    from o2o.agents.td3bc import REBRAC
+    from o2o.train.pipeline import task_preset
+
+    expected = {
+        "cube-single-play": (1.0, 0.0),
+        "cube-double-play": (0.1, 0.0),
+        "scene-play-singletask-task4": (0.1, 0.01),
+        "puzzle-3x3-play": (0.3, 0.01),
+        "puzzle-4x4-noisy": (0.3, 0.01),
+    }
+    for task, (actor_bc, critic_bc) in expected.items():
+        config = task_preset("rebrac", task)[1]
+        assert (config.actor_bc, config.critic_bc, config.online_critic_bc) == (
+            actor_bc,
+            critic_bc,
+            critic_bc,
+        ), task
+        assert (config.activation, config.hidden_dims, config.actor_init_scale) == (
+            "gelu",
+            (512,) * 4,
+            0.01,
+        )
+        assert config.online_bc_decay_steps is None and not config.layer_norm_first
+    assert not REBRAC.layer_norm_first and REBRAC.activation == "relu"
+
+
+def test_actor_last_layer_starts_small_with_its_init_scale():
+    from o2o.nets.mlp import MLP
+
+    x = jnp.ones((1, 5))
+    small = MLP((64, 64, 64), output_init_scale=0.01).init(jax.random.key(0), x)["params"]
+    usual = MLP((64, 64, 64)).init(jax.random.key(0), x)["params"]
+    ratio = float(small["Dense_2"]["kernel"].std() / usual["Dense_2"]["kernel"].std())
+    assert ratio == pytest.approx(0.1, rel=1e-3)  # sqrt of the variance scale
+    np.testing.assert_array_equal(small["Dense_0"]["kernel"], usual["Dense_0"]["kernel"])

@@ -35,7 +35,14 @@ ReBRAC (`REBRAC`, CORL `offline/rebrac.py`, `finetune/rebrac.py`) generalises th
   every other field as `REBRAC` (`locomotion`: the halfcheetah-medium values). `navigation`
   is CORL's fine-tuning antmaze-umaze config: batch 256, actor lr 3e-4, critic lr 5e-5,
   gamma 0.999, beta 0.003 / 0.002. Its reward x 100 is not applied: o2o's PointMaze rewards
-  are the registry's r - 1 for every agent.
+  are the registry's r - 1 for every agent. `manipulation` and the OGBench suites' names are
+  the FQL paper's ReBRAC (its Tables 5-6, seohongpark/fql `agents/rebrac.py`): 4 x 512 GELU
+  networks, LayerNorm after each activation in the critics, the actor's last layer
+  initialised at 1/100 scale, lr 3e-4, batch 256, raw observations, the penalties kept online
+  without decay, exploration noise 0.2 (the reference clips it at 0.5; o2o does not), and
+  beta_actor / beta_critic 1 / 0 cube-single, 0.1 / 0 cube-double, 0.1 / 0.01 scene (the
+  family's default), 0.3 / 0.01 puzzles. Its critic loss averages over the two critics where
+  CORL's sums them: a constant factor that Adam's steps do not see.
 
 Not in the agent:
 - Observation normalisation by the dataset's mean and std (TD3+BC's recipe, on in CORL
@@ -46,8 +53,9 @@ Not in the agent:
   k online updates; K (`online_bc_decay_steps`) is CORL's 1M online updates in the preset, so
   shorter fine-tuning budgets should pass theirs (`--agent.online-bc-decay-steps`).
 
-Deviations: o2o's MLP (Xavier-uniform init; LayerNorm before ReLU, as RLPD) instead of
-PyTorch's default init (TD3+BC) or ReBRAC's EDAC-style init with LayerNorm after ReLU. The
+Deviations: o2o's MLP (Xavier-uniform init) instead of PyTorch's default init (TD3+BC) or
+ReBRAC's EDAC-style init; ReBRAC's critics put LayerNorm after the ReLU, as CORL's
+(`layer_norm_first` False; RLPD's order, before it, is the field's default). The
 delayed update follows sfujim's counter (the actor steps on critic updates 2, 4, ...; CORL's
 ReBRAC on 1, 3, ...). ReBRAC explores online with TD3's noise 0.1, not CORL's `expl_noise` 0.
 Several minibatches per call run in `jax.lax.scan`; the delay is a `jax.lax.cond` on the
@@ -69,7 +77,7 @@ from flax.training.train_state import TrainState
 
 from o2o.agents.base import Needs, Phase, compiled_create, gradient_step, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state
-from o2o.nets.mlp import MLP
+from o2o.nets.mlp import MLP, Activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +107,11 @@ class TD3BCConfig:
     offline_ratio: float = 1.0
     start_steps: int = 0
     normalize_observations: bool = True  # states standardised by the dataset's mean and std
+    # Network forms: TD3+BC's and CORL's by default; the `manipulation` presets set
+    # seohongpark/fql's (GELU, LayerNorm after it, the actor's last layer at 1/100 scale).
+    activation: Activation = "relu"
+    layer_norm_first: bool = True  # LayerNorm before the activation in the critics
+    actor_init_scale: float = 1.0
 
     def __post_init__(self):
         if self.bc_reduction not in ("mean", "sum"):
@@ -124,6 +137,7 @@ REBRAC = TD3BCConfig(
     offline_ratio=0.5,
     normalize_observations=False,
     online_bc_decay_steps=1_000_000,
+    layer_norm_first=False,  # CORL's critics: Linear, ReLU, LayerNorm
 )
 REBRAC_NAVIGATION = dataclasses.replace(
     REBRAC,
@@ -152,9 +166,40 @@ REBRAC_COEFFICIENTS = {
     "walker2d-medium-expert": (0.01, 0.01),
     "walker2d-expert": (0.01, 0.5),
 }
+# The FQL paper's ReBRAC on OGBench manipulation (its Tables 5-6; seohongpark/fql
+# agents/rebrac.py): 4 x 512 GELU networks, LayerNorm after each activation in the critics,
+# lr 3e-4, batch 256, raw observations, and (beta_actor, beta_critic) per suite, kept online.
+REBRAC_MANIPULATION = dataclasses.replace(
+    REBRAC,
+    hidden_dims=(512, 512, 512, 512),
+    actor_lr=3e-4,
+    critic_lr=3e-4,
+    batch_size=256,
+    actor_bc=0.1,  # scene
+    critic_bc=0.01,
+    online_critic_bc=0.01,
+    online_bc_decay_steps=None,
+    exploration_noise=0.2,
+    activation="gelu",
+    layer_norm_first=False,
+    actor_init_scale=0.01,
+)
+REBRAC_SUITES = {
+    suite: dataclasses.replace(
+        REBRAC_MANIPULATION, actor_bc=actor_bc, critic_bc=critic_bc, online_critic_bc=critic_bc
+    )
+    for suite, (actor_bc, critic_bc) in {
+        "cube-single": (1.0, 0.0),
+        "cube-double": (0.1, 0.0),
+        "puzzle-3x3": (0.3, 0.01),
+        "puzzle-4x4": (0.3, 0.01),
+    }.items()
+}
 REBRAC_PRESETS = {
     "locomotion": REBRAC,
     "navigation": REBRAC_NAVIGATION,
+    "manipulation": REBRAC_MANIPULATION,
+    **REBRAC_SUITES,
     **{
         dataset: dataclasses.replace(REBRAC, actor_bc=actor_bc, critic_bc=critic_bc)
         for dataset, (actor_bc, critic_bc) in REBRAC_COEFFICIENTS.items()
@@ -184,12 +229,21 @@ class TD3BC(flax.struct.PyTreeNode):
         act = jnp.zeros((1, *act_space.shape), jnp.float32)
         key_actor, key_critic, rng = jax.random.split(jax.random.key(seed), 3)
 
-        actor_def = MLP((*config.hidden_dims, act.shape[-1]))  # pre-tanh; see `_policy`
+        actor_def = MLP(  # pre-tanh; see `_policy`
+            (*config.hidden_dims, act.shape[-1]),
+            activation=config.activation,
+            output_init_scale=config.actor_init_scale,
+        )
         actor_params = actor_def.init(key_actor, obs)
         actor = TrainState.create(
             apply_fn=actor_def.apply, params=actor_params, tx=optax.adam(config.actor_lr)
         )
-        critic_def = StateActionValue(config.hidden_dims, config.critic_layer_norm)
+        critic_def = StateActionValue(
+            config.hidden_dims,
+            config.critic_layer_norm,
+            config.activation,
+            norm_first=config.layer_norm_first,
+        )
         critic = ensemble_state(critic_def, key_critic, 2, optax.adam(config.critic_lr), obs, act)
         return cls(
             actor=actor,

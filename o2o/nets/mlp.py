@@ -28,12 +28,16 @@ class MLP(nn.Module):
     layer_norm: bool = False
     activation: Activation = "relu"
     norm_first: bool = True
+    output_init_scale: float = 1.0  # of the last layer's Xavier-uniform variance
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         activation = ACTIVATIONS[self.activation]
         for i, size in enumerate(self.hidden_dims):
-            x = nn.Dense(size, kernel_init=default_init())(x)
+            last = i + 1 == len(self.hidden_dims)
+            scale = self.output_init_scale if last else 1.0
+            init = nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+            x = nn.Dense(size, kernel_init=init)(x)
             if i + 1 < len(self.hidden_dims) or self.activate_final:
                 if self.layer_norm and self.norm_first:
                     x = nn.LayerNorm()(x)
