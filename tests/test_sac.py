@@ -197,3 +197,26 @@ def test_edac_training_lowers_the_gradient_alignment():
 def test_config_rejects_a_diversity_term_without_an_ensemble():
     with pytest.raises(ValueError, match="diversity_weight"):
         SACConfig(num_critics=1, num_min_critics=1, diversity_weight=1.0)
+
+
+def test_rlpd_manipulation_preset_is_the_fql_papers():
+    """The FQL paper's RLPD on OGBench (seohongpark/fql agents/sac.py): 2 critics, their min,
+    UTD 1, no entropy backup, GELU networks, small actor heads, log-std in [-5, 2]."""
+    from o2o.agents.sac import RLPD_MANIPULATION
+    from o2o.train.pipeline import task_preset
+
+    assert task_preset("rlpd", "cube-double-play") == ("manipulation", RLPD_MANIPULATION)
+    c = RLPD_MANIPULATION
+    assert (c.num_critics, c.num_min_critics, c.utd_ratio, c.backup_entropy) == (2, 2, 1, False)
+    assert (c.hidden_dims, c.activation, c.layer_norm_first) == ((512,) * 4, "gelu", False)
+    assert (c.start_steps, c.offline_ratio, c.target_entropy_per_dim) == (0, 0.5, -0.5)
+    small = dataclasses.replace(c, hidden_dims=(16, 16))
+    agent = SAC.create(small, OBS, ACT, 0)
+    usual = SAC.create(dataclasses.replace(small, actor_init_scale=1.0), OBS, ACT, 0)
+    heads = agent.actor.params["params"]["Dense_0"]["kernel"]
+    ratio = float(heads.std() / usual.actor.params["params"]["Dense_0"]["kernel"].std())
+    assert ratio == pytest.approx(0.1, rel=1e-3)
+    bias = {**agent.actor.params["params"]["Dense_1"], "bias": jnp.full(2, -9.0)}
+    params = {"params": {**agent.actor.params["params"], "Dense_1": bias}}
+    _, log_std = agent.actor.apply_fn(params, jnp.zeros((1, 3)))
+    np.testing.assert_array_equal(log_std, -5.0)

@@ -39,7 +39,8 @@ eta / N times the above, which keeps CORL's ratio of the two. N and eta are CORL
 
 Presets: `rlpd`'s `navigation` is the reference AntMaze command (ikostrikov/rlpd README: no
 entropy backup, 3 x 256 networks, the target's min over a subset of 1); its reward shift r - 1
-is the task registry's (`o2o.envs.maze`). `sac`, `naive`: one recipe for every task.
+is the task registry's (`o2o.envs.maze`); `manipulation` is the FQL paper's RLPD on OGBench
+(`RLPD_MANIPULATION`). `sac`, `naive`: one recipe for every task.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from flax.training.train_state import TrainState
 
 from o2o.agents.base import Needs, Phase, compiled_create, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state, subset
+from o2o.nets.mlp import Activation
 from o2o.nets.policies import TanhGaussian, tanh_gaussian_sample
 
 
@@ -84,6 +86,11 @@ class SACConfig:
     offline_ratio: float = 0.5
     start_steps: int = 5000
     normalize_observations: bool = False  # states standardised by the dataset's mean and std
+    # Network forms: jaxrl/RLPD's by default; `RLPD_MANIPULATION` sets seohongpark/fql's.
+    activation: Activation = "relu"
+    layer_norm_first: bool = True  # LayerNorm before the activation in the critics
+    actor_init_scale: float = 1.0  # the actor's mean and log-std heads
+    log_std_min: float = -20.0
 
     def __post_init__(self):
         if not 1 <= self.num_min_critics <= self.num_critics:
@@ -129,6 +136,24 @@ SAC_N = dataclasses.replace(
 EDAC = dataclasses.replace(SAC_N, diversity_weight=1.0)
 RLPD_NAVIGATION = dataclasses.replace(
     RLPD, hidden_dims=(256, 256, 256), backup_entropy=False, num_min_critics=1
+)
+# The FQL paper's RLPD on OGBench manipulation (its Table 5; seohongpark/fql agents/sac.py with
+# --balanced_sampling): SAC with 2 critics whose min is the target, UTD 1, no entropy backup,
+# 4 x 512 GELU networks (LayerNorm after the activation in the critics), the actor's heads at
+# 1/100 scale and log-std in [-5, 2], batches half offline; it acts with its policy from the
+# first step.
+RLPD_MANIPULATION = dataclasses.replace(
+    RLPD,
+    hidden_dims=(512, 512, 512, 512),
+    num_critics=2,
+    num_min_critics=2,
+    backup_entropy=False,
+    utd_ratio=1,
+    start_steps=0,
+    activation="gelu",
+    layer_norm_first=False,
+    actor_init_scale=0.01,
+    log_std_min=-5.0,
 )
 
 
@@ -193,13 +218,24 @@ class SAC(flax.struct.PyTreeNode):
         act = jnp.zeros((1, *act_space.shape), jnp.float32)
         key_actor, key_critic, rng = jax.random.split(jax.random.key(seed), 3)
 
-        actor_def = TanhGaussian(act.shape[-1], config.hidden_dims)
+        actor_def = TanhGaussian(
+            act.shape[-1],
+            config.hidden_dims,
+            log_std_min=config.log_std_min,
+            activation=config.activation,
+            head_init_scale=config.actor_init_scale,
+        )
         actor = TrainState.create(
             apply_fn=actor_def.apply,
             params=actor_def.init(key_actor, obs),
             tx=optax.adam(config.actor_lr),
         )
-        critic_def = StateActionValue(config.hidden_dims, config.critic_layer_norm)
+        critic_def = StateActionValue(
+            config.hidden_dims,
+            config.critic_layer_norm,
+            config.activation,
+            norm_first=config.layer_norm_first,
+        )
         critic = ensemble_state(
             critic_def, key_critic, config.num_critics, optax.adam(config.critic_lr), obs, act
         )
@@ -334,7 +370,7 @@ class SAC(flax.struct.PyTreeNode):
 register(
     "rlpd",
     SAC,
-    {"locomotion": RLPD, "navigation": RLPD_NAVIGATION},
+    {"locomotion": RLPD, "navigation": RLPD_NAVIGATION, "manipulation": RLPD_MANIPULATION},
     "SAC with the RLPD recipe: 10 LayerNorm critics, UTD 20, 50/50 data",
 )
 register("sac", SAC, SAC_DEFAULT, "soft actor-critic: 2 critics, UTD 1, online data only")

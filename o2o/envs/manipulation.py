@@ -294,13 +294,15 @@ def make_raw_dataset(
     name = f"{suite.name}-{level}"
     parts: dict[tuple[int, int], dict] = {}
     bar, bar_task = collection_progress(f"collecting {name} ({workers} processes)", total)
-    with (
-        bar,
-        concurrent.futures.ProcessPoolExecutor(
+    pool = (  # one worker: this process (the oracles' global RNG is then used by one job)
+        concurrent.futures.ThreadPoolExecutor(1)
+        if workers == 1
+        else concurrent.futures.ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a JAX process
-        ) as pool,
-    ):
+        )
+    )
+    with bar, pool:
         futures = {
             pool.submit(collect_episodes, suite.name, level, seed, split, part, steps): (
                 split,

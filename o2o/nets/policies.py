@@ -20,19 +20,23 @@ ACTION_CLIP = 1.0 - 1e-6
 class TanhGaussian(nn.Module):
     """State-dependent diagonal Gaussian squashed by tanh; returns (mean, log_std).
 
-    log_std is clipped to [-20, 2] as in jaxrl/RLPD.
+    log_std is clipped to [-20, 2] as in jaxrl/RLPD (seohongpark/fql's `Actor`: [-5, 2], its
+    two heads initialised at 1/100 scale).
     """
 
     action_dim: int
     hidden_dims: tuple[int, ...] = (256, 256)
     log_std_min: float = -20.0
     log_std_max: float = 2.0
+    activation: Activation = "relu"
+    head_init_scale: float = 1.0  # of the heads' Xavier-uniform variance
 
     @nn.compact
     def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = MLP(self.hidden_dims, activate_final=True)(observations)
-        mean = nn.Dense(self.action_dim, kernel_init=default_init())(x)
-        log_std = nn.Dense(self.action_dim, kernel_init=default_init())(x)
+        x = MLP(self.hidden_dims, activate_final=True, activation=self.activation)(observations)
+        init = nn.initializers.variance_scaling(self.head_init_scale, "fan_avg", "uniform")
+        mean = nn.Dense(self.action_dim, kernel_init=init)(x)
+        log_std = nn.Dense(self.action_dim, kernel_init=init)(x)
         return mean, jnp.clip(log_std, self.log_std_min, self.log_std_max)
 
 
