@@ -256,6 +256,11 @@ def raw_paths(suite: str, level: str, episodes: int, seed: int) -> tuple[Path, P
     return data_dir() / f"{stem}.npz", data_dir() / f"{stem}-val.npz"
 
 
+def stats_path(train_path: Path) -> Path:
+    """Where a raw dataset's collection statistics are kept (`raw_stats`)."""
+    return train_path.with_name(train_path.stem + "-stats.json")
+
+
 def make_raw_dataset(
     suite_name: str,
     level: str,
@@ -327,8 +332,7 @@ def make_raw_dataset(
         np.savez_compressed(tmp, **arrays)
         tmp.replace(path)
         stats["train" if split == 0 else "val"] = raw_stats(arrays, completions)
-    stats_path = train_path.with_name(train_path.stem + "-stats.json")
-    stats_path.write_text(json.dumps(stats, indent=1))
+    stats_path(train_path).write_text(json.dumps(stats, indent=1))
     console.print(
         f"{name}: {episodes} + {splits[1]} episodes of {steps} steps cached in {train_path} "
         f"(and -val); subtasks finished per episode {stats['train']['completions_mean']:.1f}"
@@ -389,8 +393,8 @@ class ManipulationTask(Task):
         """The collection episodes of the cached `level` data: subtasks finished per episode,
         action mean and std (to compare with the official files)."""
         train_path, _ = raw_paths(self.suite, level, _episodes(size or self.dataset_size), seed)
-        stats_path = train_path.with_name(train_path.stem + "-stats.json")
-        return json.loads(stats_path.read_text())["train"] if stats_path.exists() else {}
+        path = stats_path(train_path)
+        return json.loads(path.read_text())["train"] if path.exists() else {}
 
     def base_env(self) -> gym.Env:
         _ogbench()
