@@ -47,3 +47,18 @@ def test_switch_rule():
     assert agent.on_switch(TINY) is agent
     switched = agent.on_switch(dataclasses.replace(TINY, cql_alpha_online=0.5))
     assert float(switched.cql_alpha) == 0.5 and isinstance(switched, CalQL)
+
+
+def test_reward_scale_reaches_rewards_and_the_failure_value():
+    """Cal-QL's manipulation recipe multiplies rewards by 10 after the task's transform; the
+    sparse task's all-failure value (for Monte-Carlo returns) follows, else no episode would
+    match it and failed episodes would get truncated returns."""
+    from o2o.envs.tasks import get_task
+    from o2o.train.pipeline import learning_task
+
+    task = get_task("cube-single-play-singletask-sparse")
+    agent = CalQL.create(dataclasses.replace(TINY, reward_scale=10.0), OBS, ACT, 0)
+    learned = learning_task(task, None, agent.needs("offline"))
+    assert learned.reward_transform(np.float32(-1.0)) == -10.0
+    assert (task.failure_reward, learned.failure_reward) == (-1.0, -10.0)
+    assert learning_task(task, None, CalQL.create(TINY, OBS, ACT, 0).needs("online")) is task

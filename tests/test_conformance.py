@@ -214,6 +214,9 @@ def test_presets_per_task_family_and_dataset():
     assert (FQL_MANIPULATION.alpha, FQL_PUZZLE.alpha) == (300.0, 1000.0)
     assert task_preset("fql", "hopper-medium")[0] == "default"
     assert task_preset("qc", "cube-double-play")[0] == "manipulation"
+    calql = default_config("calql", task="scene-play-singletask-task2").agent
+    assert (calql.cql_alpha, calql.reward_scale, calql.hidden_dims) == (0.01, 10.0, (256,) * 4)
+    assert default_config("calql", task="puzzle-4x4-play").agent.cql_alpha == 0.003
     # Another recipe by name; a name the algorithm lacks is refused with the list.
     assert default_config("cql", task="hopper-medium", preset="navigation").agent == CQL_ANTMAZE
     with pytest.raises(ValueError, match="its presets: locomotion, navigation"):

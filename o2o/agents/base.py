@@ -69,6 +69,9 @@ class Needs:
     reward_scale_by_return_range: bool = False
     """Rewards scaled so that the dataset's episode returns span 1000 (IQL's locomotion
     recipe), offline and online."""
+    reward_scale: float = 1.0
+    """A constant the rewards are multiplied by after the task's transform (and the return-range
+    scale), offline and online: Cal-QL's `reward_scale` on OGBench manipulation."""
     policy_format: Literal["tanh_gaussian"] | None = None
     """The policy file `--save-policies` writes (`tanh_gaussian`: the zoo's, `o2o.zoo`);
     None: the agent's policy has no file format."""
@@ -79,6 +82,8 @@ class Needs:
             raise ValueError(f"unknown batch fields {sorted(unknown)}; known: {BATCH_FIELDS}")
         if self.horizon < 1:
             raise ValueError(f"horizon={self.horizon} must be at least 1")
+        if not self.reward_scale > 0:
+            raise ValueError(f"reward_scale={self.reward_scale} must be positive")
 
 
 class Agent(Protocol):

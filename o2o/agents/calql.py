@@ -16,6 +16,9 @@ computes them for each online episode when it ends, as the reference's sampler d
 
 Recipe: CQL's (`CALQL_LOCOMOTION` = `CQL_LOCOMOTION`, `CALQL_ANTMAZE` = `CQL_ANTMAZE`, which is
 Cal-QL's `scripts/run_antmaze.sh`: Lagrange with gap 0.8, max backup, 4x256, mixing ratio 0.5).
+On OGBench manipulation (`manipulation` and the suite keys), the FQL paper's runs of the official
+code: `CQL_MANIPULATION` (fixed weight 0.01, 0.003 on puzzle-4x4; rewards x 10; max backup;
+4x256). Plain `cql` has no manipulation recipe: the paper tuned these values for Cal-QL only.
 Deviations: the reference fine-tunes by collecting one whole trajectory and then training
 len(trajectory) steps; o2o keeps updating every environment step (UTD 1) and stores each online
 episode when it ends, so a minibatch never holds a transition whose return is not yet known.
@@ -31,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from o2o.agents.base import Needs, Phase, register
-from o2o.agents.cql import CQL, CQL_ANTMAZE, CQL_LOCOMOTION
+from o2o.agents.cql import CQL, CQL_ANTMAZE, CQL_LOCOMOTION, CQL_MANIPULATION, CQL_SUITES
 
 
 class CalQL(CQL):
@@ -59,6 +62,11 @@ CALQL_ANTMAZE = CQL_ANTMAZE
 register(
     "calql",
     CalQL,
-    {"locomotion": CALQL_LOCOMOTION, "navigation": CALQL_ANTMAZE},
+    {
+        "locomotion": CALQL_LOCOMOTION,
+        "navigation": CALQL_ANTMAZE,
+        "manipulation": CQL_MANIPULATION,
+        **CQL_SUITES,
+    },
     "Cal-QL: CQL with its penalty floored at MC returns",
 )

@@ -30,6 +30,8 @@ backup; no max backup (young-geng/JaxCQL and CORL's offline default; Cal-QL's co
 it). `CQL_ANTMAZE` (Cal-QL `scripts/run_antmaze.sh`): Lagrange with g = 0.8, max backup, 4x256
 networks; its reward rescaling 10 r - 5 belongs to the task registry, not the agent. The
 registry names them `locomotion` and `navigation` (PointMaze), and `o2o train` picks by task.
+`CQL_MANIPULATION` and `CQL_SUITES` are Cal-QL's on OGBench manipulation (see `calql.py`); there
+the reward scale 10 is the agent's (`reward_scale`), as only Cal-QL's runs scale rewards.
 
 Choices and deviations:
 - Actor lr 1e-4 as Cal-QL's JaxCQL and CORL's fine-tuning CQL; CORL's offline `cql.py` uses
@@ -57,7 +59,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, scan_update_steps
+from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
 from o2o.agents.sac import SAC, SACConfig
 
 MAX_ALPHA_PRIME = 1e6  # the reference's clip of exp(log alpha')
@@ -90,6 +92,7 @@ class CQLConfig(SACConfig):
     cql_clip_diff_min: float = -np.inf
     cql_clip_diff_max: float = np.inf
     cql_alpha_online: float | None = None  # cql_alpha from the switch on (CORL); None: keep
+    reward_scale: float = 1.0  # rewards times this after the task's transform (Cal-QL's flag)
 
     def __post_init__(self):
         super().__post_init__()
@@ -116,6 +119,18 @@ CQL_ANTMAZE = dataclasses.replace(
     cql_target_action_gap=0.8,
     cql_max_target_backup=True,
 )
+# The FQL paper's Cal-QL on OGBench manipulation (its App. E.2 and Table 6, run with the official
+# Cal-QL code): 4 x 256 networks, rewards x 10, a fixed penalty weight (0.01 cube-double and
+# scene, 0.003 puzzle-4x4), the max over 10 actions in the target, importance sampling, 50/50
+# online batches. The paper has no value for cube-single or puzzle-3x3: they take 0.01.
+CQL_MANIPULATION = dataclasses.replace(
+    CQL_LOCOMOTION,
+    hidden_dims=(256, 256, 256, 256),
+    cql_alpha=0.01,
+    cql_max_target_backup=True,
+    reward_scale=10.0,
+)
+CQL_SUITES = {"puzzle-4x4": dataclasses.replace(CQL_MANIPULATION, cql_alpha=0.003)}
 
 
 def conservative_gap(
@@ -168,6 +183,10 @@ class CQL(SAC):
         return cls(
             **fields, cql_alpha=jnp.float32(config.cql_alpha), log_alpha_prime=log_alpha_prime
         )
+
+    def needs(self, phase: Phase) -> Needs:
+        """SAC's, with the rewards' constant scale (`reward_scale`)."""
+        return dataclasses.replace(super().needs(phase), reward_scale=self.config.reward_scale)
 
     @property
     def cql_weight(self) -> jax.Array:

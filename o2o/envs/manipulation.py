@@ -379,8 +379,8 @@ class ManipulationTask(Task):
     @property
     def failure_reward(self) -> float | None:
         """Dense rewards count unfinished subtasks, so no single reward means "failed" (none);
-        the sparse variant's -1 does."""
-        return -1.0 if self.sparse else None
+        the sparse variant's -1 does (in the learning units: after the reward transform)."""
+        return float(self.reward_transform(-1.0)) if self.sparse else None
 
     def score(self, returns: np.ndarray, successes: np.ndarray) -> float:
         return 100.0 * float(np.mean(successes))

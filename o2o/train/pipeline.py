@@ -415,22 +415,28 @@ def learning_task(task: Task, dataset: Dataset, needs: Needs) -> Task:
     - `normalize_observations` (TD3+BC's recipe): states standardised by the dataset's mean
       and std, offline and, through `Task.make_env`, online and in evaluation;
     - `reward_scale_by_return_range` (IQL's locomotion recipe): the registry's reward transform
-      followed by a scale that makes the dataset's episode returns span 1000.
+      followed by a scale that makes the dataset's episode returns span 1000;
+    - `reward_scale` (Cal-QL's on OGBench manipulation): one more constant factor.
     Online rewards and Q-bias use the same transforms."""
     if needs.normalize_observations:
         normalizer = ObservationNormalizer.fit(dataset.observations)
         task = dataclasses.replace(task, observation_normalizer=normalizer)
-    if not needs.reward_scale_by_return_range:
-        return task
-    returns = dataset.episode_returns(task.reward_transform(dataset.rewards))
-    span = float(returns.max() - returns.min())
-    if span <= 0:
-        raise ValueError(
-            f"{dataset.source}: every episode has the same return, so rewards cannot be scaled "
-            "by the return range; pass --agent.no-reward-scale-by-return-range"
+    if needs.reward_scale_by_return_range:
+        returns = dataset.episode_returns(task.reward_transform(dataset.rewards))
+        span = float(returns.max() - returns.min())
+        if span <= 0:
+            raise ValueError(
+                f"{dataset.source}: every episode has the same return, so rewards cannot be "
+                "scaled by the return range; pass --agent.no-reward-scale-by-return-range"
+            )
+        console.print(f"rewards scaled by 1000 / {span:.1f} (episode return range of the dataset)")
+        task = dataclasses.replace(task, reward_transform=task.reward_transform.scaled(1000 / span))
+    if needs.reward_scale != 1.0:
+        console.print(f"rewards scaled by {needs.reward_scale:g} (the agent's reward_scale)")
+        task = dataclasses.replace(
+            task, reward_transform=task.reward_transform.scaled(needs.reward_scale)
         )
-    console.print(f"rewards scaled by 1000 / {span:.1f} (episode return range of the dataset)")
-    return dataclasses.replace(task, reward_transform=task.reward_transform.scaled(1000 / span))
+    return task
 
 
 def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
