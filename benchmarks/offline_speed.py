@@ -40,7 +40,7 @@ from o2o.data.buffer import ReplayBuffer
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import parse_task
 from o2o.report.tables import markdown_table
-from o2o.train.offline import _update_chunk
+from o2o.train.offline import _update_chunk, _update_chunk_seeds, stack
 from o2o.train.pipeline import task_preset
 
 CHUNK = 50  # updates per jitted call while timing
@@ -49,17 +49,22 @@ PEER_UPDATES = {"bc": 1000, "td3+bc": 300, "iql": 300, "awac": 200, "cql": 40}
 
 class O2OAgent:
     """One o2o algorithm's reference agent (its preset for the dataset) with a jitted chunk of
-    updates on `buffer`."""
+    updates on `buffer`; with `seeds` > 1, that many seeds' agents in one vmapped chunk (as
+    `o2o train --seeds` runs them)."""
 
-    def __init__(self, algo: str, dataset: str, buffer: ReplayBuffer, obs_space, act_space):
+    def __init__(
+        self, algo: str, dataset: str, buffer: ReplayBuffer, obs_space, act_space, seeds: int = 1
+    ):
         spec = get_agent(algo)
         cfg = task_preset(algo, dataset)[1]
-        self.agent = spec.agent_cls.create(cfg, obs_space, act_space, 0)
-        self.key = jax.random.key(1)
-        horizon = self.agent.needs("offline").horizon
+        agents = [spec.agent_cls.create(cfg, obs_space, act_space, s) for s in range(seeds)]
+        keys = [jax.random.key(s + 1) for s in range(seeds)]
+        horizon = agents[0].needs("offline").horizon
+        self.state = (stack(agents), stack(keys)) if seeds > 1 else (agents[0], keys[0])
+        update = _update_chunk_seeds if seeds > 1 else _update_chunk
 
         def chunk(agent, key, num_updates):
-            return _update_chunk(
+            return update(
                 agent,
                 key,
                 buffer,
@@ -70,17 +75,18 @@ class O2OAgent:
             )
 
         self.chunk = chunk
-        self.gflop_per_update = _flops(lambda a, k: chunk(a, k, 1), self.agent, self.key) / 1e9
+        flops = _flops(lambda a, k: chunk(a, k, 1), *self.state)
+        self.gflop_per_update = flops / seeds / 1e9  # of one seed
 
     def measure(self, seconds: float) -> float:
-        agent, key, _ = self.chunk(self.agent, self.key, CHUNK)  # compiled on first use
+        """Updates per second (of each seed)."""
+        agent, key, _ = self.chunk(*self.state, CHUNK)  # compiled on first use
         jax.block_until_ready(agent)
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            agent, key, _ = self.chunk(agent, key, CHUNK)
+            agent, key, _ = jax.block_until_ready(self.chunk(agent, key, CHUNK))  # not queued
             calls += 1
-        jax.block_until_ready(agent)
-        self.agent, self.key = agent, key
+        self.state = (agent, key)
         return calls * CHUNK / (time.perf_counter() - start)
 
 

@@ -1,5 +1,5 @@
 """The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert|from-run`,
-`o2o report`.
+`o2o report`, `o2o sweep`.
 
 `o2o train --algo NAME --task TASK ...` reads the algorithm, the task and `--preset` first, so
 that every other flag (including `--agent.*` hyperparameters) shows and defaults to that
@@ -23,13 +23,16 @@ from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task, parse_task
 from o2o.logging import console
 from o2o.report.report import render_report
 from o2o.report.tables import dataset_row, print_dataset_table
+from o2o.sweep import sweep as run_sweep
 from o2o.train.pipeline import (
     config_type,
     default_config,
     load_config,
     replay_transitions,
     run_task,
+    seed_configs,
     train,
+    train_together,
 )
 
 DEMO_DESCRIPTION = (
@@ -45,6 +48,8 @@ commands:
   dataset make TASK-LEVEL | info PATH|TASK-LEVEL... | convert SRC DST | from-run RUN DST
   report  RUN_DIR... [--out DIR]: score and Q-bias plots and the fine-tuning (dip) table, as
           self-contained HTML and Markdown
+  sweep   SPEC.toml [--workers N | --ray-address auto]: a study of tasks x algos x seeds, with
+          its table and report
 
 `o2o COMMAND --help` lists a command's flags."""
 
@@ -58,11 +63,18 @@ DEMO_RLPD_START_STEPS = 500
 
 
 def train_command(argv: list[str]) -> Path:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--algo", default="sac")
     pre.add_argument("--task", default=DEFAULT_TASK)
     pre.add_argument("--preset", default=None)
+    pre.add_argument("--seeds", type=int, nargs="+", default=None)
     known, _ = pre.parse_known_args(argv)
+    if known.seeds is not None:  # tyro parses the rest; --seeds is not a TrainConfig field
+        start = next(i for i, a in enumerate(argv) if a.split("=")[0] == "--seeds")
+        end = start + 1 + (0 if "=" in argv[start] else len(known.seeds))
+        if any(a.split("=")[0] == "--seed" for a in argv):
+            raise SystemExit("o2o train: give --seed S or --seeds S1 S2 ..., not both")
+        argv = argv[:start] + argv[end:]
     if known.algo not in AGENTS:
         raise SystemExit(
             f"o2o train: unknown algorithm '{known.algo}'; choose one of: {', '.join(AGENTS)}"
@@ -76,6 +88,8 @@ def train_command(argv: list[str]) -> Path:
             f"{name}: {spec.summary} (presets: {', '.join(spec.presets)})"
             for name, spec in AGENTS.items()
         )
+        + ". --seeds S1 S2 ... trains one run per seed in one process, the offline updates "
+        "of all seeds in one vmapped call; with --out DIR the runs go to DIR/seedS."
     )
     config = tyro.cli(
         config_type(known.algo),
@@ -84,7 +98,9 @@ def train_command(argv: list[str]) -> Path:
         prog="o2o train",
         description=description,
     )
-    return train(config)
+    if known.seeds is None:
+        return train(config)
+    return train_together(seed_configs(config, known.seeds))[-1]
 
 
 def demo_command(argv: list[str]) -> Path:
@@ -209,6 +225,33 @@ def report_command(argv: list[str]) -> Path:
     return path
 
 
+def sweep_command(argv: list[str]) -> Path | None:
+    parser = argparse.ArgumentParser(
+        prog="o2o sweep",
+        description="Run a study from a sweep file (tasks x algos x seeds, a budget, "
+        "overrides: see o2o/sweep.py and examples/): finished runs are skipped, unfinished ones "
+        "resumed, a failed one retried once and reported; ends with the table and the report.",
+    )
+    parser.add_argument("spec", type=Path, help="sweep file (TOML)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes on this machine (default: cores/2)"
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="run on Ray: 'auto' (the cluster this machine is in), 'local' (a new local "
+        "instance) or the head's address",
+    )
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray resources per run")
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: give at least 1")
+    report, failures = run_sweep(args.spec, args.workers, args.ray_address, args.cpus_per_run)
+    if failures:
+        raise SystemExit(f"o2o sweep: {len(failures)} unit(s) failed twice (listed above)")
+    return report
+
+
 def _print_collection_stats(name: str, size: int | None, seed: int) -> None:
     task, level = parse_task(name)
     stats = task.collection_stats(level, size, seed)
@@ -244,6 +287,7 @@ COMMANDS = {
     "demo": demo_command,
     "dataset": dataset_command,
     "report": report_command,
+    "sweep": sweep_command,
 }
 
 

@@ -5,16 +5,14 @@ dominates their time.
   programs run slower, which few updates do not notice).
 - One persistent compilation cache serves the session: tests that compile the same programs
   (the same tiny agents on the same task shapes) compile them once. It lives in a fresh
-  temporary directory, so nothing carries over between sessions.
+  temporary directory, so nothing carries over between sessions. Both are set in the
+  environment, so that worker processes the tests start (Ray's) share them.
 """
 
 import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
-
-import jax  # after XLA_FLAGS, which the CPU backend reads when it starts
-
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="o2o-test-xla-"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="o2o-test-xla-")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

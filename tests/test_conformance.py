@@ -18,6 +18,7 @@ from o2o.checkpoint import load_checkpoint, save_checkpoint
 from o2o.cli import main
 from o2o.data.buffer import ReplayBuffer
 from o2o.logging import read_metrics
+from o2o.train.offline import stack, unstack
 from o2o.train.pipeline import load_config, replay_transitions
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
@@ -28,6 +29,8 @@ SMALL = {"fpo": {"num_envs": 2, "rollout_length": 5, "epochs": 1}}
 # Each algorithm, plus ReBRAC keeping its critic penalty online (it needs next actions there).
 CASES = {algo: (algo, {}) for algo in sorted(AGENTS)}
 CASES["rebrac-online-critic-bc"] = ("rebrac", {"online_critic_bc": 0.01})
+# One case per agent class checks the vmapped update of several seeds (compiling it is slow).
+VMAPPED = {AGENTS[algo].agent_cls: case for case, (algo, _) in reversed(CASES.items())}
 
 
 def tiny(algo: str, config=None, **changes):
@@ -68,6 +71,13 @@ def leaves_equal(a, b) -> bool:
     return all(np.array_equal(_data(x), _data(y)) for x, y in pairs)
 
 
+def assert_leaves_close(a, b) -> None:
+    """Equal to float tolerance: batched (vmapped) products round apart from single ones."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    for x, y in pairs:
+        np.testing.assert_allclose(_data(x), _data(y), rtol=1e-4, atol=1e-5)
+
+
 def _data(x):
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(x)
@@ -98,6 +108,12 @@ def test_agent_contract(case, tmp_path):
     assert leaves_equal(new, again)  # pure: the same agent and batch, the same result
     assert not leaves_equal(new, agent)
     assert metrics and all(np.shape(v) == () and np.isfinite(v) for v in metrics.values())
+    if VMAPPED[spec.agent_cls] == case:  # seeds in one vmapped update (`o2o train --seeds`)
+        other = spec.agent_cls.create(config, OBS, ACT, 4)
+        both = jax.jit(jax.vmap(lambda a, b: a.update(b), (0, None)))
+        pair, _ = both(stack([agent, other]), batch)
+        assert_leaves_close(unstack(pair, 0), new)  # each as if updated alone
+        assert_leaves_close(unstack(pair, 1), update(other, batch)[0])
 
     obs = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)), jnp.float32)
     act = jax.jit(lambda a, o, k, d: a.sample_actions(o, k, d), static_argnums=3)

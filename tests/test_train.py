@@ -433,3 +433,54 @@ def test_a_flow_run_from_before_gelu_is_not_resumed_as_gelu(tmp_path):
         check_resumable(tmp_path, config)
     relu = dataclasses.replace(config, agent=dataclasses.replace(config.agent, activation="relu"))
     check_resumable(tmp_path, relu)
+
+
+def offline_params(run_dir) -> list[np.ndarray]:
+    """The arrays of a run's offline checkpoint (its agent, without the RNG key)."""
+    from o2o.agents import get_agent
+    from o2o.checkpoint import load_checkpoint
+
+    config, env = load_config(run_dir), gym.make("Hopper-v5")
+    spec = get_agent(config.algo)
+    template = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
+    (agent, _), _ = load_checkpoint(
+        run_dir / "checkpoints" / "offline", (template, jax.random.key(0))
+    )
+    keys = jax.dtypes.prng_key
+    return [
+        np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, keys) else x)
+        for x in jax.tree.leaves(agent)
+    ]
+
+
+def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path):
+    """`--seeds 0 1`: one run directory per seed, whose offline updates (vmapped together) match
+    a run of that seed alone to float tolerance, then each seed's online phase; rerunning the
+    command finds every seed done."""
+    data = hopper_dataset(tmp_path)
+    flags = (
+        f"--algo td3bc --task hopper --dataset {data} --offline-steps 30 --online-steps 10 "
+        "--eval-interval 15 --agent.start-steps 5"
+    )
+    run(f"{flags} --seeds 0 1 --out {tmp_path / 'both'}")
+    run(f"{flags} --seed 1 --out {tmp_path / 'alone'}")
+    runs = {seed: tmp_path / "both" / f"seed{seed}" for seed in (0, 1)}
+    assert [summary(d)["seed"] for d in runs.values()] == [0, 1]
+    for out in (*runs.values(), tmp_path / "alone"):
+        assert [(r["phase"], r["step"]) for r in read_metrics(out)] == [
+            ("offline", 0),
+            ("offline", 15),
+            ("offline", 30),
+            ("online", 30),
+            ("online", 40),
+        ]
+    assert read_metrics(runs[0])[1]["vmapped_seeds"] == 2
+    vmapped, alone, other = (offline_params(d) for d in (runs[1], tmp_path / "alone", runs[0]))
+    for x, y in zip(vmapped, alone, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    assert not all(np.allclose(x, y) for x, y in zip(vmapped, other, strict=True))
+    before = (runs[0] / "metrics.jsonl").read_text()
+    run(f"{flags} --seeds 0 1 --out {tmp_path / 'both'}")  # done: nothing changes
+    assert (runs[0] / "metrics.jsonl").read_text() == before
+    with pytest.raises(SystemExit, match="not both"):
+        run(f"{flags} --seeds 0 1 --seed 2")

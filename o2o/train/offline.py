@@ -45,6 +45,28 @@ def _update_chunk(agent, key, dataset: ReplayBuffer, *, num_updates, utd, batch_
     return agent, key, jax.tree.map(jnp.mean, metrics)
 
 
+def stack(trees: list[Any]) -> Any:
+    """One pytree whose leaves hold `trees` on a new leading axis (agents of several seeds,
+    to update them in one vmapped call). The trees are built from one config; the first one's
+    static fields (config, optimisers: equal, though distinct closures) serve all of them."""
+    treedef = jax.tree.structure(trees[0])
+    members = [jax.tree.leaves(tree) for tree in trees]
+    return treedef.unflatten([jnp.stack(leaves) for leaves in zip(*members, strict=True)])
+
+
+def unstack(tree: Any, index: int) -> Any:
+    """Member `index` of a `stack`ed pytree."""
+    return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+@functools.partial(jax.jit, static_argnames=("num_updates", "utd", "batch_size", "horizon"))
+def _update_chunk_seeds(agents, keys, dataset: ReplayBuffer, **static):
+    """`_update_chunk` for a stack of agents (one per seed) and their RNG keys, in one call:
+    each seed draws its own minibatches from the shared dataset."""
+    chunk = functools.partial(_update_chunk, **static)
+    return jax.vmap(chunk, in_axes=(0, 0, None))(agents, keys, dataset)
+
+
 @dataclass
 class OfflineProgress:
     """Counters saved with every offline checkpoint."""
@@ -54,62 +76,84 @@ class OfflineProgress:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Where a run keeps its offline checkpoint (the agent, its RNG key and progress)."""
+    return run_dir / "checkpoints" / "offline"
+
+
+def saved_updates(run_dir: Path) -> int:
+    """Offline updates in a run's checkpoint (0 without one)."""
+    path = checkpoint_dir(run_dir) / "progress.json"
+    return json.loads(path.read_text())["updates"] if path.exists() else 0
+
+
 @dataclass
 class OfflineLoop:
-    """`offline_steps` updates of `agent` on `dataset`; `run()` returns the trained agent."""
+    """`offline_steps` updates on `dataset` of one agent per seed; `run()` returns the trained
+    agents. Several seeds train in one vmapped update (their agents stacked, each with its own
+    minibatches) and each keeps its own run directory, evaluations and checkpoints, exactly
+    as a run of that seed alone would (to float tolerance: vmapped products round apart)."""
 
     task: Task
-    agent: Any
+    agents: list[Any]  # one per seed, created with that seed
     dataset: ReplayBuffer
-    run_dir: Path
+    run_dirs: list[Path]
     offline_steps: int
-    seed: int
+    seeds: list[int]
     eval_interval: int
     eval_episodes: int
     holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
     horizon: int = 1  # actions per chunk (`Needs.horizon`): batches are windows of steps
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints" / "offline"
-
-    def run(self) -> tuple[Any, OfflineProgress]:
-        self.key = jax.random.key(self.seed + 2)
-        self.progress = OfflineProgress()
-        if self.checkpoint_dir.exists():
-            saved = json.loads((self.checkpoint_dir / "progress.json").read_text())
-            (self.agent, self.key), saved = load_checkpoint(
-                self.checkpoint_dir, (self.agent, self.key)
+    def run(self) -> tuple[list[Any], list[OfflineProgress]]:
+        agents = self.agents
+        keys = [jax.random.key(seed + 2) for seed in self.seeds]
+        self.progress = [OfflineProgress() for _ in self.seeds]
+        for k, run_dir in enumerate(self.run_dirs):
+            if checkpoint_dir(run_dir).exists():
+                (agents[k], keys[k]), saved = load_checkpoint(
+                    checkpoint_dir(run_dir), (agents[k], keys[k])
+                )
+                self.progress[k] = OfflineProgress(**saved)
+        done = {progress.updates for progress in self.progress}
+        if len(done) > 1:
+            raise ValueError(
+                f"{', '.join(map(str, self.run_dirs))}: their checkpoints are at different "
+                f"steps ({sorted(done)}); resume them one seed at a time"
             )
-            self.progress = OfflineProgress(**saved)
-        if self.progress.updates >= self.offline_steps:
-            return self.agent, self.progress  # done: leave its records alone
-        resumed = self.progress.updates > 0
-        self.logger = RunLogger(self.run_dir, self.progress.updates if resumed else None)
-        cfg = self.agent.config
-        self.evaluator = Evaluator(
-            self.task,
-            self.eval_episodes,
-            seed=10_000 + self.seed,
-            gamma=cfg.discount,
-            holdout=self.holdout,
-            horizon=self.horizon,
-        )
+        updates = done.pop()
+        if updates >= self.offline_steps:
+            return agents, self.progress  # done: leave their records alone
+        resumed = updates > 0
+        self.loggers = [RunLogger(d, updates if resumed else None) for d in self.run_dirs]
+        cfg = agents[0].config
+        self.evaluators = [
+            Evaluator(
+                self.task,
+                self.eval_episodes,
+                seed=10_000 + seed,
+                gamma=cfg.discount,
+                holdout=self.holdout,
+                horizon=self.horizon,
+            )
+            for seed in self.seeds
+        ]
+        vmapped = len(self.seeds) > 1
+        self.agent, self.key = (stack(agents), stack(keys)) if vmapped else (agents[0], keys[0])
+        update = _update_chunk_seeds if vmapped else _update_chunk
         self.metrics: dict[str, Any] = {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0
+        label = f"offline ({len(self.seeds)} seeds)" if vmapped else "offline"
         with progress_bar() as bar:
-            bar_task = bar.add_task(
-                "offline", total=self.offline_steps, completed=self.progress.updates, info=""
-            )
+            bar_task = bar.add_task(label, total=self.offline_steps, completed=updates, info="")
             if not resumed:
                 self._evaluate_and_save()
-            while self.progress.updates < self.offline_steps:
-                done = self.progress.updates
+            while updates < self.offline_steps:
                 next_eval = min(
-                    (done // self.eval_interval + 1) * self.eval_interval, self.offline_steps
+                    (updates // self.eval_interval + 1) * self.eval_interval, self.offline_steps
                 )
-                n = min(CHUNK, next_eval - done)
-                self.agent, self.key, metrics = _update_chunk(
+                n = min(CHUNK, next_eval - updates)
+                self.agent, self.key, self.metrics = update(
                     self.agent,
                     self.key,
                     self.dataset,
@@ -118,35 +162,53 @@ class OfflineLoop:
                     batch_size=cfg.batch_size,
                     horizon=self.horizon,
                 )
-                self.metrics = metrics
-                self.progress.updates += n
+                updates += n
+                for progress in self.progress:
+                    progress.updates = updates
                 self.updates_interval += n
                 bar.advance(bar_task, n)
-                if self.progress.updates == next_eval:
-                    record = self._evaluate_and_save()
-                    bar.update(bar_task, info=f"return {record['return_mean']:.0f}")
-        self.logger.close()
-        return self.agent, self.progress
+                if updates == next_eval:
+                    returns = [r["return_mean"] for r in self._evaluate_and_save()]
+                    bar.update(bar_task, info=f"return {' '.join(f'{r:.0f}' for r in returns)}")
+        for logger in self.loggers:
+            logger.close()
+        if not vmapped:
+            return [self.agent], self.progress
+        return [unstack(self.agent, k) for k in range(len(self.seeds))], self.progress
 
-    def _evaluate_and_save(self) -> dict[str, Any]:
-        progress = self.progress
+    def _member(self, tree: Any, k: int) -> Any:
+        return unstack(tree, k) if len(self.seeds) > 1 else tree
+
+    def _evaluate_and_save(self) -> list[dict[str, Any]]:
+        """Evaluate, log and checkpoint every seed; their records."""
         jax.block_until_ready(self.agent)
         elapsed = time.perf_counter() - self.t_interval
-        progress.wall_s += elapsed
-        record = {"step": progress.updates, "phase": "offline", "env_steps": 0}
-        record |= self.evaluator(self.agent)
-        record["updates_per_s"] = self.updates_interval / elapsed if self.updates_interval else 0.0
-        record["wall_s"] = progress.wall_s
-        record |= {f"train/{k}": float(v) for k, v in self.metrics.items()}
-        self.logger.log(record)
-        console.print(
-            f"offline {progress.updates:>8}  return {record['return_mean']:9.1f}  "
-            f"score {record['normalized_score']:6.1f}  q_bias {record['q_bias']:8.2f}  "
-            f"{record['updates_per_s']:6.0f} updates/s"
-        )
-        progress.evaluations.append(
-            {k: record[k] for k in ("step", "normalized_score", "return_mean")}
-        )
-        save_checkpoint(self.checkpoint_dir, (self.agent, self.key), progress.__dict__)
+        records = []
+        for k, progress in enumerate(self.progress):
+            agent, key = self._member(self.agent, k), self._member(self.key, k)
+            progress.wall_s += elapsed  # the wall-clock time of the seeds updated together
+            record = {"step": progress.updates, "phase": "offline", "env_steps": 0}
+            record |= self.evaluators[k](agent)
+            rate = self.updates_interval / elapsed if self.updates_interval else 0.0
+            record["updates_per_s"] = rate  # each seed's; the group's total is len(seeds) x
+            record["wall_s"] = progress.wall_s
+            if len(self.seeds) > 1:
+                record["vmapped_seeds"] = len(self.seeds)
+            record |= {
+                f"train/{name}": float(self._member(value, k))
+                for name, value in self.metrics.items()
+            }
+            self.loggers[k].log(record)
+            seed = f"seed {self.seeds[k]}  " if len(self.seeds) > 1 else ""
+            console.print(
+                f"offline {progress.updates:>8}  {seed}return {record['return_mean']:9.1f}  "
+                f"score {record['normalized_score']:6.1f}  q_bias {record['q_bias']:8.2f}  "
+                f"{record['updates_per_s']:6.0f} updates/s"
+            )
+            progress.evaluations.append(
+                {name: record[name] for name in ("step", "normalized_score", "return_mean")}
+            )
+            save_checkpoint(checkpoint_dir(self.run_dirs[k]), (agent, key), progress.__dict__)
+            records.append(record)
         self.t_interval, self.updates_interval = time.perf_counter(), 0
-        return record
+        return records

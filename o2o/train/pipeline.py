@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +48,7 @@ from o2o.envs.tasks import (
     parse_task,
 )
 from o2o.logging import console, read_episodes, read_metrics
-from o2o.train.offline import OfflineLoop
+from o2o.train.offline import OfflineLoop, saved_updates
 from o2o.train.online import OnlineLoop, example_transition
 from o2o.train.onpolicy import OnPolicyLoop
 
@@ -206,6 +207,35 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
 
 def train(config: TrainConfig) -> Path:
     """Run training as configured; returns the run directory."""
+    return train_together([config])[0]
+
+
+def seed_configs(config: TrainConfig, seeds: Sequence[int]) -> list[TrainConfig]:
+    """`config` once per seed (`o2o train --seeds`); with several seeds, `--out DIR` becomes
+    DIR/seedS (the default run directory already names the seed)."""
+    if len(seeds) == 1:
+        return [dataclasses.replace(config, seed=seeds[0])]
+    return [
+        dataclasses.replace(
+            config, seed=s, out=None if config.out is None else config.out / f"seed{s}"
+        )
+        for s in seeds
+    ]
+
+
+def train_together(configs: Sequence[TrainConfig]) -> list[Path]:
+    """Train runs that differ only in their seed and run directory, each in its own ordinary
+    run directory; returns them. The data is made once, and the offline phase updates every
+    seed in one vmapped call (`OfflineLoop`); the online phase runs them one after another."""
+    config = configs[0]
+    seeds = [c.seed for c in configs]
+    run_dirs = [c.run_dir() for c in configs]
+    same = {dataclasses.replace(c, seed=0, out=None) for c in configs}
+    if len(same) > 1 or len(set(seeds)) < len(seeds) or len(set(run_dirs)) < len(run_dirs):
+        raise ValueError(
+            "runs trained together must differ only in their seeds (distinct) and run "
+            f"directories (distinct); got seeds {seeds} in {', '.join(map(str, run_dirs))}"
+        )
     spec = get_agent(config.algo)
     task, level = parse_task(config.task)
     if not isinstance(config.agent, type(spec.default_config)):
@@ -218,8 +248,8 @@ def train(config: TrainConfig) -> Path:
     env = task.make_env()
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
-    agent = spec.agent_cls.create(config.agent, obs_space, act_space, config.seed)
-    needs = {phase: agent.needs(phase) for phase in PHASES}
+    agents = [spec.agent_cls.create(config.agent, obs_space, act_space, seed) for seed in seeds]
+    needs = {phase: agents[0].needs(phase) for phase in PHASES}
     if config.save_policies and needs["online"].policy_format is None:
         raise ValueError(
             f"--save-policies keeps tanh-Gaussian actors (the SAC family: sac, rlpd, cql...) in "
@@ -230,13 +260,14 @@ def train(config: TrainConfig) -> Path:
             f"--data-mix {config.data_mix}: {config.algo} is on-policy and updates on its own "
             "rollouts only, so no offline data is mixed in online; drop --data-mix"
         )
-    run_dir = config.run_dir()
-    if (run_dir / "config.json").exists():
-        check_resumable(run_dir, config)
-        console.print(f"resuming the run in {run_dir}")
+    for run_dir, seed_cfg in zip(run_dirs, configs, strict=True):
+        if (run_dir / "config.json").exists():
+            check_resumable(run_dir, seed_cfg)
+            console.print(f"resuming the run in {run_dir}")
     _print_preset(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=1))
+    for run_dir, seed_cfg in zip(run_dirs, configs, strict=True):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(_config_json(seed_cfg), indent=1))
 
     dataset = None
     if config.dataset is not None:
@@ -253,7 +284,8 @@ def train(config: TrainConfig) -> Path:
             )
         dataset, holdout = hold_out_episodes(dataset, config.holdout_episodes)
         task = learning_task(task, dataset, needs["offline"])
-        (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
+        for run_dir in run_dirs:
+            (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
         buffers = dataset_buffers(dataset, task, config.agent.discount, needs)
     elif config.offline_steps > 0:
         raise ValueError(
@@ -265,47 +297,53 @@ def train(config: TrainConfig) -> Path:
             f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
             f"online data only (offline_ratio {config.agent.offline_ratio} ignored)"
         )
-    phases = {}
+    phases: list[dict[str, Any]] = [{} for _ in seeds]
     if config.offline_steps > 0:
-        agent, phases["offline"] = OfflineLoop(
-            task,
-            agent,
-            buffers["offline"],
-            run_dir,
-            config.offline_steps,
-            config.seed,
-            config.eval_interval,
-            config.eval_episodes,
-            holdout=holdout,
-            horizon=needs["offline"].horizon,
-        ).run()
-        agent = switch(agent, config)
-    if config.online_steps > 0:
-        sampler = MixedSampler.create(
-            buffers["online"],
-            config.agent.offline_ratio,
-            schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
-            if config.data_mix == "linear"
-            else None,
-            proportional=config.data_mix == "proportional",
-        )
-        loop = OnPolicyLoop if needs["online"].loop == "on_policy" else OnlineLoop
-        phases["online"] = loop(
-            task,
-            agent,
-            sampler,
-            run_dir,
-            config.online_steps,
-            config.seed,
-            config.eval_interval,
-            config.eval_episodes,
-            policy_dir=run_dir / "policies" if config.save_policies else None,
-            step_offset=config.offline_steps,
-            holdout=holdout,
-            needs=needs["online"],
-        ).run()
-    _write_summary(run_dir, config, phases)
-    return run_dir
+        # Seeds resume together when their checkpoints agree, else one at a time.
+        together = len({saved_updates(run_dir) for run_dir in run_dirs}) == 1
+        groups = [list(range(len(seeds)))] if together else [[k] for k in range(len(seeds))]
+        for group in groups:
+            trained, progress = OfflineLoop(
+                task,
+                [agents[k] for k in group],
+                buffers["offline"],
+                [run_dirs[k] for k in group],
+                config.offline_steps,
+                [seeds[k] for k in group],
+                config.eval_interval,
+                config.eval_episodes,
+                holdout=holdout,
+                horizon=needs["offline"].horizon,
+            ).run()
+            for k, agent, done in zip(group, trained, progress, strict=True):
+                agents[k], phases[k]["offline"] = switch(agent, config), done
+    for k, seed_cfg in enumerate(configs):
+        if config.online_steps > 0:
+            sampler = MixedSampler.create(
+                buffers["online"],
+                config.agent.offline_ratio,
+                schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
+                if config.data_mix == "linear"
+                else None,
+                proportional=config.data_mix == "proportional",
+            )
+            loop = OnPolicyLoop if needs["online"].loop == "on_policy" else OnlineLoop
+            phases[k]["online"] = loop(
+                task,
+                agents[k],
+                sampler,
+                run_dirs[k],
+                config.online_steps,
+                seed_cfg.seed,
+                config.eval_interval,
+                config.eval_episodes,
+                policy_dir=run_dirs[k] / "policies" if config.save_policies else None,
+                step_offset=config.offline_steps,
+                holdout=holdout,
+                needs=needs["online"],
+            ).run()
+        _write_summary(run_dirs[k], seed_cfg, phases[k])
+    return run_dirs
 
 
 def switch(agent: Any, config: TrainConfig) -> Any:
