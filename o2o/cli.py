@@ -17,6 +17,7 @@ from pathlib import Path
 import tyro
 
 from o2o.agents import AGENTS
+from o2o.checkpoint import RunDirectoryInUse
 from o2o.data.formats import FORMATS, load_dataset, save_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset
 from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task, parse_task
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RunDirectoryInUse) as err:
         console.print(f"[red]o2o {argv[0]}: error:[/red] {err}")
         raise SystemExit(2) from err
 

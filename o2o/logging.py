@@ -46,11 +46,19 @@ class RunLogger:
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.path, self.episodes_path = run_dir / METRICS_FILE, run_dir / EPISODES_FILE
         for path in (self.path, self.episodes_path):
-            kept = (
-                []
-                if resume_step is None
-                else [r for r in _read_jsonl(path) if r["step"] <= resume_step]
-            )
+            records = [] if resume_step is None else _read_jsonl(path)
+            kept = [r for r in records if r["step"] <= resume_step]
+            if resume_step is None and path.exists() and path.stat().st_size:
+                console.print(
+                    f"[yellow]{path}: starting over; the records of an earlier attempt are "
+                    "replaced (no whole checkpoint of it is left)"
+                )
+            if len(kept) < len(records):
+                console.print(
+                    f"[yellow]{path}: {len(records) - len(kept)} records after step "
+                    f"{resume_step} dropped: they belong to an interrupted attempt whose "
+                    "checkpoint was not kept"
+                )
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         purge = None if resume_step is None else resume_step + 1
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)

@@ -484,3 +484,64 @@ def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path):
     assert (runs[0] / "metrics.jsonl").read_text() == before
     with pytest.raises(SystemExit, match="not both"):
         run(f"{flags} --seeds 0 1 --seed 2")
+
+
+FINE_TUNE = (
+    "--algo td3bc --task hopper --offline-steps 20 --online-steps 10 --eval-interval 10 "
+    "--agent.start-steps 5"
+)
+
+
+def test_a_second_process_on_a_run_directory_stops_at_once(tmp_path):
+    """Issue 22, case 1: two runs in one --out doubled every metrics row."""
+    from o2o.checkpoint import locked
+
+    out = tmp_path / "run"
+    with locked([out]), pytest.raises(SystemExit) as stop:
+        run(f"{FINE_TUNE} --dataset {hopper_dataset(tmp_path)} --out {out}")
+    assert stop.value.code == 2 and not (out / "metrics.jsonl").exists()
+    run(f"{FINE_TUNE} --dataset {hopper_dataset(tmp_path)} --out {out}")  # released: it runs
+    assert summary(out)["env_steps"] == 10
+
+
+def test_a_crash_between_the_renames_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+    """Issue 22, case 2: with only checkpoints/latest.old left, the run started over from step
+    0 and rewrote metrics.jsonl."""
+    out, data = tmp_path / "run", hopper_dataset(tmp_path)
+    run(f"{FINE_TUNE} --dataset {data} --out {out}")
+    latest = out / "checkpoints" / "latest"
+    latest.rename(latest.with_name("latest.old"))  # the first rename done, the second not
+    before = read_metrics(out)
+    longer = FINE_TUNE.replace("--online-steps 10", "--online-steps 20")
+    run(f"{longer} --dataset {data} --out {out}")
+    after = read_metrics(out)
+    assert after[: len(before)] == before  # nothing rewritten
+    assert [r["step"] for r in after] == [0, 10, 20, 20, 30, 40]
+    assert summary(out)["env_steps"] == 20 and latest.exists()
+    assert not latest.with_name("latest.old").exists()
+
+
+def test_a_half_written_checkpoint_is_not_taken(tmp_path):
+    """A checkpoint whose files do not match their manifest is skipped for the previous one."""
+    from o2o.checkpoint import find_checkpoint, save_checkpoint
+
+    directory = tmp_path / "ckpt"
+    save_checkpoint(directory, {"w": np.ones(3)}, {"updates": 1})
+    assert find_checkpoint(directory) == directory
+    save_checkpoint(directory.with_name("ckpt.tmp"), {"w": np.ones(3)}, {"updates": 2})
+    assert find_checkpoint(directory) == directory.with_name("ckpt.tmp")  # written, not switched
+    (directory.with_name("ckpt.tmp") / "state.npz").write_bytes(b"torn")
+    assert find_checkpoint(directory) == directory
+
+
+def test_a_lost_offline_checkpoint_leaves_a_finished_fine_tuning_run_alone(tmp_path):
+    """Issue 22, case 3: re-running retrained offline and erased every online row and the
+    dip from summary.json."""
+    out, data = tmp_path / "run", hopper_dataset(tmp_path)
+    run(f"{FINE_TUNE} --dataset {data} --out {out}")
+    records, finished = read_metrics(out), summary(out)
+    shutil.rmtree(out / "checkpoints" / "offline")
+    run(f"{FINE_TUNE} --dataset {data} --out {out}")
+    assert read_metrics(out) == records
+    assert summary(out)["dip"] == finished["dip"]
+    assert summary(out)["offline_final_score"] == finished["offline_final_score"]

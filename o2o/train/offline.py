@@ -18,11 +18,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from o2o.checkpoint import load_checkpoint, save_checkpoint
+from o2o.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from o2o.data.buffer import ReplayBuffer
 from o2o.data.dataset import Dataset
 from o2o.envs.tasks import Task
-from o2o.logging import RunLogger, console, progress_bar
+from o2o.logging import RunLogger, console, progress_bar, read_metrics
 from o2o.train.evaluate import Evaluator
 
 CHUNK = 1000  # updates per jitted call (at most; evaluations cut chunks shorter)
@@ -83,8 +83,29 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def saved_updates(run_dir: Path) -> int:
     """Offline updates in a run's checkpoint (0 without one)."""
-    path = checkpoint_dir(run_dir) / "progress.json"
-    return json.loads(path.read_text())["updates"] if path.exists() else 0
+    found = find_checkpoint(checkpoint_dir(run_dir))
+    return json.loads((found / "progress.json").read_text())["updates"] if found else 0
+
+
+def offline_record(run_dir: Path) -> OfflineProgress:
+    """A finished offline phase's progress: from its checkpoint, or, that gone, from its
+    evaluation records in metrics.jsonl."""
+    found = find_checkpoint(checkpoint_dir(run_dir))
+    if found is not None:
+        return OfflineProgress(**json.loads((found / "progress.json").read_text()))
+    records = [r for r in read_metrics(run_dir) if r["phase"] == "offline"]
+    if not records:
+        raise FileNotFoundError(
+            f"{run_dir}: its online phase has begun, but neither its offline checkpoint nor "
+            "offline records in metrics.jsonl are left; start the run over in a new --out"
+        )
+    return OfflineProgress(
+        updates=records[-1]["step"],
+        wall_s=records[-1].get("wall_s", 0.0),
+        evaluations=[
+            {k: r[k] for k in ("step", "normalized_score", "return_mean")} for r in records
+        ],
+    )
 
 
 @dataclass
@@ -110,10 +131,11 @@ class OfflineLoop:
         keys = [jax.random.key(seed + 2) for seed in self.seeds]
         self.progress = [OfflineProgress() for _ in self.seeds]
         for k, run_dir in enumerate(self.run_dirs):
-            if checkpoint_dir(run_dir).exists():
-                (agents[k], keys[k]), saved = load_checkpoint(
-                    checkpoint_dir(run_dir), (agents[k], keys[k])
-                )
+            found = find_checkpoint(checkpoint_dir(run_dir))
+            if found is not None:
+                if found != checkpoint_dir(run_dir):
+                    console.print(f"[yellow]{checkpoint_dir(run_dir)} was not whole: using {found}")
+                (agents[k], keys[k]), saved = load_checkpoint(found, (agents[k], keys[k]))
                 self.progress[k] = OfflineProgress(**saved)
         done = {progress.updates for progress in self.progress}
         if len(done) > 1:

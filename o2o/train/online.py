@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o.agents.base import Needs
-from o2o.checkpoint import load_checkpoint, save_checkpoint, stored_shapes
+from o2o.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
@@ -76,6 +76,11 @@ def _update_and_act(
 @jax.jit
 def _act(agent, obs, key):
     return agent.sample_actions(obs[None], key)[0]
+
+
+def online_checkpoint_dir(run_dir: Path) -> Path:
+    """Where a run keeps its online checkpoint (agent, replay buffer, RNG state, progress)."""
+    return Path(run_dir) / "checkpoints" / "latest"
 
 
 @dataclass
@@ -143,7 +148,14 @@ class OnlineLoop:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints" / "latest"
+        return online_checkpoint_dir(self.run_dir)
+
+    def saved_checkpoint(self) -> Path | None:
+        """The newest whole online checkpoint (saying so when it is not the latest save)."""
+        found = find_checkpoint(self.checkpoint_dir)
+        if found is not None and found != self.checkpoint_dir:
+            console.print(f"[yellow]{self.checkpoint_dir} was not whole: using {found}")
+        return found
 
     def run(self) -> RunProgress:
         cfg = self.agent.config
@@ -204,14 +216,15 @@ class OnlineLoop:
         self.progress = RunProgress(buffer_capacity=capacity)
         self.buffer = ReplayBuffer.create(example, capacity)
         self.np_rng = np.random.default_rng(self.seed)
-        if not self.checkpoint_dir.exists():
+        found = self.saved_checkpoint()
+        if found is None:
             return
-        saved = json.loads((self.checkpoint_dir / "progress.json").read_text())
+        saved = json.loads((found / "progress.json").read_text())
         if "buffer_capacity" not in saved:  # checkpoints written before the field existed
             first_buffer_leaf = len(jax.tree.leaves(self.agent))
-            saved["buffer_capacity"] = stored_shapes(self.checkpoint_dir)[first_buffer_leaf][0]
+            saved["buffer_capacity"] = stored_shapes(found)[first_buffer_leaf][0]
         template = (self.agent, ReplayBuffer.create(example, saved["buffer_capacity"]), self.key)
-        (self.agent, self.buffer, self.key), saved = load_checkpoint(self.checkpoint_dir, template)
+        (self.agent, self.buffer, self.key), saved = load_checkpoint(found, template)
         self.progress = RunProgress(**saved)
         if capacity > self.buffer.capacity:  # the run was extended: keep every transition
             self.buffer = self.buffer.grown(capacity)

@@ -45,9 +45,10 @@ class OnPolicyLoop(OnlineLoop):
     def _restore(self) -> None:
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress()
-        if self.checkpoint_dir.exists():
+        found = self.saved_checkpoint()
+        if found is not None:
             template = (self.agent, self.key)
-            (self.agent, self.key), saved = load_checkpoint(self.checkpoint_dir, template)
+            (self.agent, self.key), saved = load_checkpoint(found, template)
             self.progress = RunProgress(**saved)
 
     def _state(self) -> Any:

@@ -32,7 +32,7 @@ import optax
 
 from o2o.agents import get_agent
 from o2o.agents.base import Needs, switch_parts
-from o2o.checkpoint import load_checkpoint
+from o2o.checkpoint import find_checkpoint, load_checkpoint, locked
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.data.formats import load_dataset
@@ -48,8 +48,8 @@ from o2o.envs.tasks import (
     parse_task,
 )
 from o2o.logging import console, read_episodes, read_metrics
-from o2o.train.offline import OfflineLoop, saved_updates
-from o2o.train.online import OnlineLoop, example_transition
+from o2o.train.offline import OfflineLoop, offline_record, saved_updates
+from o2o.train.online import OnlineLoop, example_transition, online_checkpoint_dir
 from o2o.train.onpolicy import OnPolicyLoop
 
 TRANSFORMS_FILE = "transforms.json"  # the units the agent learned in (rewards, observations)
@@ -226,7 +226,15 @@ def seed_configs(config: TrainConfig, seeds: Sequence[int]) -> list[TrainConfig]
 def train_together(configs: Sequence[TrainConfig]) -> list[Path]:
     """Train runs that differ only in their seed and run directory, each in its own ordinary
     run directory; returns them. The data is made once, and the offline phase updates every
-    seed in one vmapped call (`OfflineLoop`); the online phase runs them one after another."""
+    seed in one vmapped call (`OfflineLoop`); the online phase runs them one after another.
+    Each run directory is locked meanwhile: a second process on it stops at once."""
+    if not configs:
+        raise ValueError("no runs to train")
+    with locked([c.run_dir() for c in configs]):
+        return _train_together(configs)
+
+
+def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
     config = configs[0]
     seeds = [c.seed for c in configs]
     run_dirs = [c.run_dir() for c in configs]
@@ -299,10 +307,18 @@ def train_together(configs: Sequence[TrainConfig]) -> list[Path]:
         )
     phases: list[dict[str, Any]] = [{} for _ in seeds]
     if config.offline_steps > 0:
+        # A run whose online phase has begun keeps its offline phase as it is, even with its
+        # offline checkpoint gone; the online checkpoint holds the agent.
+        pending = []
+        for k, run_dir in enumerate(run_dirs):
+            if find_checkpoint(online_checkpoint_dir(run_dir)) is None:
+                pending.append(k)
+            else:
+                agents[k], phases[k]["offline"] = switch(agents[k], config), offline_record(run_dir)
         # Seeds resume together when their checkpoints agree, else one at a time.
-        together = len({saved_updates(run_dir) for run_dir in run_dirs}) == 1
-        groups = [list(range(len(seeds)))] if together else [[k] for k in range(len(seeds))]
-        for group in groups:
+        together = len({saved_updates(run_dirs[k]) for k in pending}) <= 1
+        groups = [pending] if together else [[k] for k in pending]
+        for group in filter(None, groups):
             trained, progress = OfflineLoop(
                 task,
                 [agents[k] for k in group],
@@ -491,7 +507,12 @@ def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
         )
     if config.offline_steps > 0:  # the checkpoint holds the switched agent (frozen parts...)
         agent = switch(agent, config)
-    checkpoint = Path(run_dir) / "checkpoints" / "latest"
+    checkpoint = find_checkpoint(online_checkpoint_dir(run_dir))
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"{online_checkpoint_dir(run_dir)}: no whole online checkpoint; only a run with an "
+            "online phase keeps a replay buffer"
+        )
     capacity = json.loads((checkpoint / "progress.json").read_text())["buffer_capacity"]
     template = (agent, ReplayBuffer.create(example_transition(env, needs), capacity))
     (_, buffer, _), _ = load_checkpoint(checkpoint, (*template, jax.random.key(0)))
