@@ -545,3 +545,19 @@ def test_a_lost_offline_checkpoint_leaves_a_finished_fine_tuning_run_alone(tmp_p
     assert read_metrics(out) == records
     assert summary(out)["dip"] == finished["dip"]
     assert summary(out)["offline_final_score"] == finished["offline_final_score"]
+
+
+def test_a_diverging_run_stops_with_its_last_good_checkpoint(tmp_path, capsys):
+    """Issue 22, case 4: with an exploding learning rate, training ran on NaN and exited 0."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(
+            f"--algo td3bc --task hopper --dataset {hopper_dataset(tmp_path)} --out {out} "
+            "--offline-steps 40 --online-steps 0 --eval-interval 20 --agent.critic-lr 1e30 "
+            "--agent.actor-lr 1e30"
+        )
+    assert stop.value.code == 2 and "diverged" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(out)] == [0]  # nothing of the diverged agent
+    assert not (out / "summary.json").exists()
+    progress = json.loads((out / "checkpoints" / "offline" / "progress.json").read_text())
+    assert progress["updates"] == 0

@@ -24,6 +24,23 @@ from o2o.diagnostics.bias import q_bias_stats, valid_for_bias
 from o2o.envs.tasks import Task
 
 
+class Diverged(ValueError):
+    """Training produced non-finite losses; the run stops, its last good checkpoint kept."""
+
+
+def check_finite(metrics: dict, step: int, run_dir, phase: str) -> None:
+    """Stop a run whose training metrics (losses, Q means: means over the last updates) are no
+    longer finite, before it evaluates, logs or checkpoints anything of the diverged agent."""
+    bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v))))
+    if bad:
+        raise Diverged(
+            f"{run_dir}: training diverged in the {phase} phase before step {step} "
+            f"({', '.join(bad)} not finite). Nothing of the diverged agent was saved: the "
+            "checkpoint and records of the last evaluation are kept. Lower the learning rates "
+            "(--agent.*-lr) and train in a new --out"
+        )
+
+
 @jax.jit
 def _act(agent, observations: jax.Array, key: jax.Array, decision: jax.Array) -> jax.Array:
     """The agent's deterministic action, with the noise of this `decision` (see above)."""

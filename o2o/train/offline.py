@@ -23,7 +23,7 @@ from o2o.data.buffer import ReplayBuffer
 from o2o.data.dataset import Dataset
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar, read_metrics
-from o2o.train.evaluate import Evaluator
+from o2o.train.evaluate import Evaluator, check_finite
 
 CHUNK = 1000  # updates per jitted call (at most; evaluations cut chunks shorter)
 
@@ -205,6 +205,9 @@ class OfflineLoop:
         """Evaluate, log and checkpoint every seed; their records."""
         jax.block_until_ready(self.agent)
         elapsed = time.perf_counter() - self.t_interval
+        for k, run_dir in enumerate(self.run_dirs):
+            metrics = {name: self._member(value, k) for name, value in self.metrics.items()}
+            check_finite(metrics, self.progress[k].updates, run_dir, "offline")
         records = []
         for k, progress in enumerate(self.progress):
             agent, key = self._member(self.agent, k), self._member(self.key, k)

@@ -44,7 +44,7 @@ from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
-from o2o.train.evaluate import Evaluator
+from o2o.train.evaluate import Evaluator, check_finite
 from o2o.zoo import save_policy
 
 
@@ -326,6 +326,8 @@ class OnlineLoop:
 
     def _evaluate_and_save(self) -> dict[str, Any]:
         progress = self.progress
+        step = self.step_offset + progress.env_steps
+        check_finite(self.metrics, step, self.run_dir, "online")
         elapsed = time.perf_counter() - self.t_interval
         progress.wall_s += elapsed
         record = {
