@@ -320,7 +320,7 @@ def sweep(
     console.print(
         f"sweep {spec.path}: {total} runs ({len(spec.tasks)} tasks x {len(spec.algos)} algos x "
         f"{len(spec.seeds)} seeds) in {spec.out}; {total - todo} finished, {todo} to run in "
-        f"{len(units)} units"
+        f"{len(units)} unit{'s' if len(units) != 1 else ''}"
     )
     size = dict(units[0].train).get("dataset_size") if units else None
     for task in {u.task for u in units}:  # made once here, not by every worker at once

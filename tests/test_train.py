@@ -500,22 +500,28 @@ def test_a_second_process_on_a_run_directory_stops_at_once(tmp_path):
     with locked([out]), pytest.raises(SystemExit) as stop:
         run(f"{FINE_TUNE} --dataset {hopper_dataset(tmp_path)} --out {out}")
     assert stop.value.code == 2 and not (out / "metrics.jsonl").exists()
-    run(f"{FINE_TUNE} --dataset {hopper_dataset(tmp_path)} --out {out}")  # released: it runs
-    assert summary(out)["env_steps"] == 10
 
 
-def test_a_crash_between_the_renames_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
-    """Issue 22, case 2: with only checkpoints/latest.old left, the run started over from step
-    0 and rewrote metrics.jsonl."""
+def test_lost_checkpoints_lose_no_records(tmp_path):
+    """Issue 22, case 3: with checkpoints/offline gone, re-running a finished fine-tuning run
+    retrained offline and erased every online row and the dip from summary.json. Case 2: with
+    only checkpoints/latest.old left (a crash between the two renames of a save), the run
+    started over from step 0 and rewrote metrics.jsonl."""
     out, data = tmp_path / "run", hopper_dataset(tmp_path)
     run(f"{FINE_TUNE} --dataset {data} --out {out}")
+    records, finished = read_metrics(out), summary(out)
+    shutil.rmtree(out / "checkpoints" / "offline")
+    run(f"{FINE_TUNE} --dataset {data} --out {out}")
+    assert read_metrics(out) == records
+    assert summary(out)["dip"] == finished["dip"]
+    assert summary(out)["offline_final_score"] == finished["offline_final_score"]
+
     latest = out / "checkpoints" / "latest"
     latest.rename(latest.with_name("latest.old"))  # the first rename done, the second not
-    before = read_metrics(out)
     longer = FINE_TUNE.replace("--online-steps 10", "--online-steps 20")
     run(f"{longer} --dataset {data} --out {out}")
     after = read_metrics(out)
-    assert after[: len(before)] == before  # nothing rewritten
+    assert after[: len(records)] == records  # nothing rewritten
     assert [r["step"] for r in after] == [0, 10, 20, 20, 30, 40]
     assert summary(out)["env_steps"] == 20 and latest.exists()
     assert not latest.with_name("latest.old").exists()
@@ -532,19 +538,6 @@ def test_a_half_written_checkpoint_is_not_taken(tmp_path):
     assert find_checkpoint(directory) == directory.with_name("ckpt.tmp")  # written, not switched
     (directory.with_name("ckpt.tmp") / "state.npz").write_bytes(b"torn")
     assert find_checkpoint(directory) == directory
-
-
-def test_a_lost_offline_checkpoint_leaves_a_finished_fine_tuning_run_alone(tmp_path):
-    """Issue 22, case 3: re-running retrained offline and erased every online row and the
-    dip from summary.json."""
-    out, data = tmp_path / "run", hopper_dataset(tmp_path)
-    run(f"{FINE_TUNE} --dataset {data} --out {out}")
-    records, finished = read_metrics(out), summary(out)
-    shutil.rmtree(out / "checkpoints" / "offline")
-    run(f"{FINE_TUNE} --dataset {data} --out {out}")
-    assert read_metrics(out) == records
-    assert summary(out)["dip"] == finished["dip"]
-    assert summary(out)["offline_final_score"] == finished["offline_final_score"]
 
 
 def test_a_diverging_run_stops_with_its_last_good_checkpoint(tmp_path, capsys):
