@@ -3,16 +3,20 @@ dominates their time.
 
 - XLA compiles for the CPU without backend optimisation (about half the compile time; the
   programs run slower, which few updates do not notice).
-- One persistent compilation cache serves the session: tests that compile the same programs
-  (the same tiny agents on the same task shapes) compile them once. It lives in a fresh
-  temporary directory, so nothing carries over between sessions. Both are set in the
-  environment, so that worker processes the tests start (Ray's) share them.
+- One persistent compilation cache serves the session, shared by its worker processes: tests
+  that compile the same programs (the same tiny agents on the same task shapes) compile them
+  once. It lives in a fresh temporary directory, so nothing carries over between sessions.
+  Both are set in the environment, so that worker processes the tests start (Ray's) share
+  them.
 """
 
 import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="o2o-test-xla-")
+# setdefault: pytest-xdist's workers inherit the directory the main process made, so a program
+# one worker compiled serves the other too.
+cache = os.environ.setdefault("O2O_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="o2o-test-xla-"))
+os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
