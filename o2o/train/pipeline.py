@@ -333,17 +333,18 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             ).run()
             for k, agent, done in zip(group, trained, progress, strict=True):
                 agents[k], phases[k]["offline"] = switch(agent, config), done
+    if config.online_steps > 0:  # one sampler for every seed: each loop keeps its own buffer
+        sampler = MixedSampler.create(
+            buffers["online"],
+            config.agent.offline_ratio,
+            schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
+            if config.data_mix == "linear"
+            else None,
+            proportional=config.data_mix == "proportional",
+        )
+        loop = OnPolicyLoop if needs["online"].loop == "on_policy" else OnlineLoop
     for k, seed_cfg in enumerate(configs):
         if config.online_steps > 0:
-            sampler = MixedSampler.create(
-                buffers["online"],
-                config.agent.offline_ratio,
-                schedule=optax.linear_schedule(config.agent.offline_ratio, 0.0, config.online_steps)
-                if config.data_mix == "linear"
-                else None,
-                proportional=config.data_mix == "proportional",
-            )
-            loop = OnPolicyLoop if needs["online"].loop == "on_policy" else OnlineLoop
             phases[k]["online"] = loop(
                 task,
                 agents[k],
