@@ -80,10 +80,12 @@ def assert_leaves_close(a, b) -> None:
         np.testing.assert_allclose(_data(x), _data(y), rtol=1e-4, atol=1e-5)
 
 
+def is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def _data(x):
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(x)
-    return np.asarray(x)
+    return jax.random.key_data(x) if is_key(x) else np.asarray(x)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -138,6 +140,10 @@ def test_agent_contract(case, tmp_path):
     template = spec.agent_cls.create(config, OBS, ACT, 99)
     restored, progress = load_checkpoint(tmp_path / "ckpt", template)
     assert progress == {"updates": UTD} and leaves_equal(restored, new)
+    # The online update donates the agent's buffers: after the switch of a restored agent (a
+    # resumed run), no two leaves may share one (TD3+BC's switch step did).
+    arrays = [x for x in jax.tree.leaves(restored.on_switch(config)) if not is_key(x)]
+    assert len({x.unsafe_buffer_pointer() for x in arrays}) == len(arrays)
     wider = spec.agent_cls.create(tiny(algo, hidden_dims=(9, 9), **changes), OBS, ACT, 3)
     with pytest.raises(ValueError, match="different configuration"):
         load_checkpoint(tmp_path / "ckpt", wider)

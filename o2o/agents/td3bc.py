@@ -368,7 +368,8 @@ class TD3BC(flax.struct.PyTreeNode):
         """Online, the critic penalty becomes `online_critic_bc` (ReBRAC fine-tuning: 0) and,
         with `online_bc_decay_steps`, the actor's starts decaying (see `actor_bc`). `config` is
         unused: the agent's own says."""
-        agent = self.replace(switch_step=self.critic.step.astype(jnp.int32))
+        # A copy: the online update donates the agent, and no two leaves may share a buffer.
+        agent = self.replace(switch_step=jnp.array(self.critic.step, jnp.int32))
         if self.config.critic_bc == self.config.online_critic_bc:
             return agent
         return agent.replace(
