@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ commands:
   sweep   SPEC.toml [--workers N | --ray-address auto]: a study of tasks x algos x seeds, with
           its table and report
 
-`o2o COMMAND --help` lists a command's flags."""
+`o2o COMMAND --help` lists a command's flags; --debug shows an error's traceback."""
 
 # The demo's budget: minutes on 2 CPU cores. Reference recipes, except narrower networks,
 # fewer steps and RLPD's warm-up (5,000 random steps in the recipe).
@@ -63,23 +64,34 @@ DEMO_HIDDEN = (128, 128)
 DEMO_RLPD_START_STEPS = 500
 
 
+def at_least(low: int):
+    """An argparse type: an integer no smaller than `low` (refused at parse time, exit 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: give at least {low}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its message
+    return parse
+
+
 def train_command(argv: list[str]) -> Path:
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = argparse.ArgumentParser(prog="o2o train", add_help=False, allow_abbrev=False)
     pre.add_argument("--algo", default="sac")
     pre.add_argument("--task", default=DEFAULT_TASK)
     pre.add_argument("--preset", default=None)
-    pre.add_argument("--seeds", type=int, nargs="+", default=None)
+    pre.add_argument("--seeds", type=at_least(0), nargs="+", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.seeds is not None:  # tyro parses the rest; --seeds is not a TrainConfig field
         start = next(i for i, a in enumerate(argv) if a.split("=")[0] == "--seeds")
         end = start + 1 + (0 if "=" in argv[start] else len(known.seeds))
         if any(a.split("=")[0] == "--seed" for a in argv):
-            raise SystemExit("o2o train: give --seed S or --seeds S1 S2 ..., not both")
+            raise ValueError("give --seed S or --seeds S1 S2 ..., not both")
         argv = argv[:start] + argv[end:]
     if known.algo not in AGENTS:
-        raise SystemExit(
-            f"o2o train: unknown algorithm '{known.algo}'; choose one of: {', '.join(AGENTS)}"
-        )
+        raise ValueError(f"unknown algorithm '{known.algo}'; choose one of: {', '.join(AGENTS)}")
     default = default_config(known.algo, task=known.task, preset=known.preset)
     description = (
         "Train an agent. The agent's defaults are its reference recipe for the task (printed "
@@ -108,14 +120,14 @@ def demo_command(argv: list[str]) -> Path:
     parser = argparse.ArgumentParser(prog="o2o demo", description=DEMO_DESCRIPTION)
     parser.add_argument("--out", type=Path, default=None, help="default: runs/demo-TIMESTAMP")
     parser.add_argument("--task", default=f"{DEFAULT_TASK}-medium", help="dataset TASK-LEVEL")
-    parser.add_argument("--dataset-size", type=int, default=DEMO_DATASET_SIZE)
-    parser.add_argument("--offline-steps", type=int, default=DEMO_OFFLINE_STEPS)
-    parser.add_argument("--online-steps", type=int, default=DEMO_ONLINE_STEPS)
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(DEMO_HIDDEN))
-    parser.add_argument("--rlpd-start-steps", type=int, default=DEMO_RLPD_START_STEPS)
-    parser.add_argument("--eval-interval", type=int, default=250)
-    parser.add_argument("--eval-episodes", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset-size", type=at_least(1), default=DEMO_DATASET_SIZE)
+    parser.add_argument("--offline-steps", type=at_least(0), default=DEMO_OFFLINE_STEPS)
+    parser.add_argument("--online-steps", type=at_least(1), default=DEMO_ONLINE_STEPS)
+    parser.add_argument("--hidden", type=at_least(1), nargs="+", default=list(DEMO_HIDDEN))
+    parser.add_argument("--rlpd-start-steps", type=at_least(0), default=DEMO_RLPD_START_STEPS)
+    parser.add_argument("--eval-interval", type=at_least(1), default=250)
+    parser.add_argument("--eval-episodes", type=at_least(1), default=5)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     hidden = tuple(args.hidden)
@@ -156,14 +168,18 @@ def dataset_command(argv: list[str]) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     make = sub.add_parser("make", help="generate TASK-LEVEL (cached; levels per task below)")
     make.add_argument("name", help="e.g. hopper-medium; " + _levels_help())
-    make.add_argument("--size", type=int, default=None, help="transitions (default: D4RL's)")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument(
+        "--size", type=at_least(1), default=None, help="transitions (default: D4RL's)"
+    )
+    make.add_argument("--seed", type=at_least(0), default=0)
     make.add_argument("--out", type=Path, default=None, help="also write it here (see convert)")
     info = sub.add_parser("info", help="size, episodes, returns, normalised score")
     info.add_argument("datasets", nargs="+", help="dataset files/folders or TASK-LEVEL names")
     info.add_argument("--task", default=None, help="task for scores, if a file does not say")
-    info.add_argument("--size", type=int, default=None, help="for TASK-LEVEL names (see make)")
-    info.add_argument("--seed", type=int, default=0, help="for TASK-LEVEL names")
+    info.add_argument(
+        "--size", type=at_least(1), default=None, help="for TASK-LEVEL names (see make)"
+    )
+    info.add_argument("--seed", type=at_least(0), default=0, help="for TASK-LEVEL names")
     info.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table")
     info.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     convert = sub.add_parser("convert", help="rewrite a dataset in another format")
@@ -171,6 +187,12 @@ def dataset_command(argv: list[str]) -> None:
     convert.add_argument("dst", type=Path)
     convert.add_argument("--to", choices=FORMATS, default=None, help="default: from dst suffix")
     convert.add_argument("--from", dest="src_format", choices=FORMATS, default=None)
+    convert.add_argument(
+        "--task",
+        default=None,
+        help="check it against this task, as train does (default: the "
+        "task its metadata names, if any)",
+    )
     from_run = sub.add_parser("from-run", help="a training run's replay buffer as a dataset")
     from_run.add_argument("run", type=Path, help="run directory (with checkpoints/latest)")
     from_run.add_argument("dst", type=Path)
@@ -206,7 +228,9 @@ def dataset_command(argv: list[str]) -> None:
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)
         print_dataset_table([dataset_row(str(path), dataset, task)])
     else:
-        dataset, meta = load_dataset(args.src, format=args.src_format)
+        dataset, meta, task = _read_for_task(args.src, args.task, args.src_format)
+        if task is not None:
+            meta = meta | {"task": task.name}
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)
         console.print(f"{args.src} -> {path}: {len(dataset)} transitions")
 
@@ -235,7 +259,10 @@ def sweep_command(argv: list[str]) -> Path | None:
     )
     parser.add_argument("spec", type=Path, help="sweep file (TOML)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes on this machine (default: cores/2)"
+        "--workers",
+        type=at_least(1),
+        default=None,
+        help="processes on this machine (default: cores/2)",
     )
     parser.add_argument(
         "--ray-address",
@@ -245,8 +272,8 @@ def sweep_command(argv: list[str]) -> Path | None:
     )
     parser.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray resources per run")
     args = parser.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers {args.workers}: give at least 1")
+    if not args.cpus_per_run > 0:
+        raise ValueError(f"--cpus-per-run {args.cpus_per_run}: give a positive number")
     report, failures = run_sweep(args.spec, args.workers, args.ray_address, args.cpus_per_run)
     if failures:
         raise SystemExit(f"o2o sweep: {len(failures)} unit(s) failed twice (listed above)")
@@ -274,11 +301,22 @@ def _levels_help() -> str:
     return "; ".join(f"{name}: {', '.join(task.levels)}" for name, task in TASKS.items())
 
 
+def _read_for_task(path: Path, task_name: str | None, format: str | None = None):
+    """(dataset, meta, task): the file read and checked as `o2o train` checks it
+    (`Task.check_dataset`) against `task_name` or the task its metadata names; with neither,
+    the format's own checks only (task None)."""
+    dataset, meta = load_dataset(path, format=format)
+    task_name = task_name or meta.get("task")
+    if task_name is None:
+        return dataset, meta, None
+    task = get_task(task_name)
+    return task.check_dataset(dataset), meta, task
+
+
 def _info_row(spec: str, args: argparse.Namespace) -> dict:
     if Path(spec).exists():
-        dataset, meta = load_dataset(Path(spec))
-        task_name = args.task or meta.get("task")
-        return dataset_row(spec, dataset, get_task(task_name) if task_name else None)
+        dataset, _, task = _read_for_task(Path(spec), args.task)
+        return dataset_row(spec, dataset, task)
     dataset, _ = make_dataset(spec, args.size, args.seed)
     return dataset_row(spec, dataset, get_task(spec))
 
@@ -292,18 +330,51 @@ COMMANDS = {
 }
 
 
+# What a user can fix (a file, a flag, a directory, the disk): one line and exit status 2.
+# Anything else is a bug in o2o and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, RunDirectoryInUse)
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free space, or give --out on another disk (a run resumes "
+    "from its last checkpoint)",
+    errno.EACCES: "not allowed: give a path you can write to",
+    errno.EPERM: "not allowed: give a path you can write to",
+    errno.EROFS: "a read-only file system: give a path you can write to",
+    errno.ENOTDIR: "a file stands where a directory is needed: give another path",
+    errno.EEXIST: "a file stands where a directory is needed: give another path",
+}
+
+
+def error_message(err: BaseException) -> str:
+    """One line naming the thing and the fix."""
+    if isinstance(err, OSError) and err.errno in _OS_FIXES:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}; {_OS_FIXES[err.errno]}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """`o2o ...`; `--debug` anywhere shows the traceback of an error instead of one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE)
         if argv and argv[0] not in ("-h", "--help"):
-            raise SystemExit(f"o2o: unknown command '{argv[0]}'")
+            console.print(f"[red]o2o: error:[/red] unknown command '{argv[0]}'")
+            raise SystemExit(2)
         return
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, RunDirectoryInUse) as err:
-        console.print(f"[red]o2o {argv[0]}: error:[/red] {err}")
-        raise SystemExit(2) from err
+    except KeyboardInterrupt as err:  # Interrupted: the loop saved a checkpoint first
+        if debug:
+            raise
+        console.print(f"[yellow]o2o {argv[0]}: {err or 'stopped by Ctrl-C'}")
+        raise SystemExit(130) from None
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        console.print(f"[red]o2o {argv[0]}: error:[/red] {error_message(err)}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

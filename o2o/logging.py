@@ -15,7 +15,8 @@ from tensorboardX import SummaryWriter
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay whole in logs
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value`, with a float that is not finite as None (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -37,18 +38,31 @@ METRICS_FILE = "metrics.jsonl"
 EPISODES_FILE = "episodes.jsonl"
 
 
-class RunLogger:
-    """Appends evaluation records and training-episode records. A fresh run starts empty
-    files; a resumed one (or the online phase after an offline one) keeps the records up to
-    `resume_step`: later ones belong to the interrupted attempt. `step` counts offline
-    updates, then environment steps after them, so the two phases share one axis."""
+PHASE_ORDER = ("offline", "online")
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+
+class RunLogger:
+    """Appends evaluation records and training-episode records. `step` counts offline
+    updates, then environment steps after them, so the two phases share one axis.
+
+    A fresh run starts empty files. A resumed one keeps what its restored state has seen,
+    `keep = (phase, step)`: the records of earlier phases, and this phase's up to `step`
+    (later ones belong to an interrupted attempt); the online phase after an offline one,
+    with no checkpoint of its own, keeps `("online", first online step - 1)`."""
+
+    def __init__(self, run_dir: Path, keep: tuple[str, int] | None = None):
         self.path, self.episodes_path = run_dir / METRICS_FILE, run_dir / EPISODES_FILE
+        phase, resume_step = keep if keep is not None else (None, None)
+        earlier = PHASE_ORDER[: PHASE_ORDER.index(phase)] if phase else ()
         for path in (self.path, self.episodes_path):
-            records = [] if resume_step is None else _read_jsonl(path)
-            kept = [r for r in records if r["step"] <= resume_step]
-            if resume_step is None and path.exists() and path.stat().st_size:
+            records = [] if keep is None else _read_jsonl(path)
+            kept = [
+                r
+                for r in records
+                if r.get("phase", "online") in earlier
+                or (r.get("phase", "online") == phase and r["step"] <= resume_step)
+            ]
+            if keep is None and path.exists() and path.stat().st_size:
                 console.print(
                     f"[yellow]{path}: starting over; the records of an earlier attempt are "
                     "replaced (no whole checkpoint of it is left)"
@@ -70,7 +84,7 @@ class RunLogger:
         self.tb.add_scalar("online/train_return", record["return"], record["env_steps"])
 
     def log(self, record: dict[str, Any]) -> None:
-        record = {k: _jsonable(v) for k, v in record.items()}
+        record = {k: jsonable(v) for k, v in record.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         step = record["step"]
@@ -93,7 +107,33 @@ def read_episodes(run_dir: Path) -> list[dict[str, Any]]:
     return _read_jsonl(Path(run_dir) / EPISODES_FILE)
 
 
+def read_json(path: Path) -> Any:
+    """A run's JSON file (config.json, transforms.json...), or a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not valid JSON ({err}); repair it, or start the run over in a new --out"
+        ) from err
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a .jsonl file. A last line cut short (the process was killed while
+    writing it) is left out, and said; any other line that is not JSON is an error."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines(keepends=True)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not line.endswith("\n"):
+                console.print(f"[yellow]{path}: its last line was cut short; it is left out")
+                break
+            raise ValueError(
+                f"{path}: line {number} is not JSON ({err.msg}); repair or delete that line"
+            ) from err
+    return records

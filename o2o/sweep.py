@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 import tomllib
@@ -40,7 +39,7 @@ from typing import Any
 
 from o2o.agents import get_agent
 from o2o.envs.tasks import parse_task
-from o2o.logging import console
+from o2o.logging import console, read_json
 
 SPEC_KEYS = {"out", "tasks", "algos", "seeds", "vmap_seeds", "train", "agent"}
 FIXED_FIELDS = {"algo", "task", "seed", "out", "agent", "preset"}  # set by the sweep itself
@@ -201,7 +200,7 @@ def finished(config: Any) -> bool:
     path = config.run_dir() / "summary.json"
     if not path.exists():
         return False
-    saved = json.loads((path.parent / "config.json").read_text())
+    saved = read_json(path.parent / "config.json")
     return (saved["offline_steps"], saved["online_steps"]) == (
         config.offline_steps,
         config.online_steps,
@@ -246,9 +245,9 @@ def run_ray(units: list[Unit], address: str, cpus: float) -> dict[Unit, str]:
     try:
         import ray
     except ImportError:
-        raise SystemExit(
-            "o2o sweep --ray-address needs Ray: pip install 'o2o[ray]' (or drop --ray-address "
-            "to run on this machine)"
+        raise ValueError(
+            "--ray-address needs Ray: pip install 'o2o[ray]' (or drop --ray-address to run on "
+            "this machine)"
         ) from None
     local = address == "local"
     ray.init(address=None if local else address, include_dashboard=False, ignore_reinit_error=True)

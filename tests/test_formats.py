@@ -7,6 +7,8 @@ import json
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from o2o.cli import main as cli_main
 from o2o.data.dataset import FIELDS, Dataset, DatasetError
@@ -169,12 +171,117 @@ def test_broken_files_name_the_file_and_the_fix(tmp_path):
 
 def test_cli_convert_keeps_the_data(tmp_path, capsys):
     data = episodes_dataset()
-    src = save_dataset(data, tmp_path / "src.npz", meta={"task": "hopper"})
+    src = save_dataset(data, tmp_path / "src.npz", meta={"name": "toy"})
     cli_main(["dataset", "convert", str(src), str(tmp_path / "d4rl.hdf5")])
     cli_main(["dataset", "convert", str(tmp_path / "d4rl.hdf5"), str(tmp_path / "back.npz")])
     back, meta = load_dataset(tmp_path / "back.npz")
     assert_same(back, data)
-    assert meta == {"task": "hopper"}
+    assert meta == {"name": "toy"}
     cli_main(["dataset", "info", str(tmp_path / "back.npz"), "--json", str(tmp_path / "info.json")])
     (row,) = json.loads((tmp_path / "info.json").read_text())
     assert row["transitions"] == len(data)
+
+
+def test_a_native_file_without_next_observations_stays_native(tmp_path):
+    """Issue 22, case 5: such a file was taken for OGBench's, its terminals for trajectory
+    ends (a wrong score, and `train` used it)."""
+    data = episodes_dataset()
+    arrays = data.arrays()
+    del arrays["next_observations"]
+    path = tmp_path / "native.npz"
+    np.savez(path, **arrays)
+    assert detect_format(path) == "native"
+    loaded, _ = load_dataset(path)
+    # As D4RL's qlearning_dataset: the following row is the next state; rows cut by a time
+    # limit (and the last row) have none and are dropped; the true terminal stays one.
+    assert len(loaded) == len(data) - 2
+    assert loaded.terminals.sum() == 1
+    np.testing.assert_array_equal(loaded.next_observations[:2], data.observations[1:3])
+    np.savez(tmp_path / "unclear.npz", **{k: v for k, v in arrays.items() if k != "timeouts"})
+    with pytest.raises(DatasetError, match=r"unclear\.npz.*'terminals'.*--from native"):
+        load_dataset(tmp_path / "unclear.npz")
+    assert len(load_dataset(tmp_path / "unclear.npz", format="native")[0]) == len(data) - 1
+
+
+def test_unreadable_parts_name_the_file_and_field(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"empty\.npz.*not a readable \.npz"):
+        load_dataset(tmp_path / "empty.npz")
+    with h5py.File(tmp_path / "group.hdf5", "w") as f:
+        for name in ("observations", "actions", "terminals"):
+            f[name] = np.zeros((3, 2))
+        f.create_group("rewards")
+    with pytest.raises(DatasetError, match=r"group\.hdf5.*'rewards'.*a group"):
+        load_dataset(tmp_path / "group.hdf5")
+    corrupt = save_dataset(episodes_dataset(), tmp_path / "corrupt.hdf5")
+    with h5py.File(corrupt, "r") as f:
+        offset = f["observations"].id.get_chunk_info(0).byte_offset  # gzip: chunked
+    raw = bytearray(corrupt.read_bytes())
+    raw[offset : offset + 16] = b"\xff" * 16  # inside the gzip stream of observations
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"corrupt\.hdf5.*'observations'.*cannot be read"):
+        load_dataset(corrupt)
+    np.savez(tmp_path / "meta.npz", **episodes_dataset().arrays(), meta=np.asarray("{oops"))
+    with pytest.raises(DatasetError, match=r"meta\.npz.*'meta'.*not JSON"):
+        load_dataset(tmp_path / "meta.npz")
+
+
+def test_info_and_convert_check_the_task_as_train_does(tmp_path, capsys):
+    """`dataset info` and `convert` refuse what `train` would (here: actions outside the
+    task's bounds), with one line and exit status 2."""
+    data = episodes_dataset()
+    arrays = data.arrays() | {
+        "observations": np.zeros((len(data), 4), np.float32),
+        "next_observations": np.zeros((len(data), 4), np.float32),
+        "actions": np.full((len(data), 2), 3.0, np.float32),  # pointmaze's bounds: [-1, 1]
+    }
+    path = save_dataset(Dataset.from_arrays(arrays), tmp_path / "wide.npz")
+    for argv in (
+        ["dataset", "info", str(path), "--task", "pointmaze-umaze"],
+        ["dataset", "convert", str(path), str(tmp_path / "out.hdf5"), "--task", "pointmaze-umaze"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "wide.npz: field 'actions'" in err and "outside the action space" in err
+    assert not (tmp_path / "out.hdf5").exists()
+
+
+FUZZ_FIELDS = (*FIELDS, "masks", "meta")
+
+
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_npz_is_read_whole_or_refused_naming_the_file(tmp_path, data):
+    """Fuzzed `.npz` files (fields missing, of other lengths, shapes and dtypes, NaN, broken
+    metadata): each is read as a valid dataset or refused with a DatasetError that names the
+    file; never another exception, never non-finite or misaligned data."""
+    rows = data.draw(st.integers(0, 5))
+    arrays = {}
+    for name in data.draw(st.sets(st.sampled_from(FUZZ_FIELDS), min_size=1)):
+        if name == "meta":
+            arrays[name] = np.asarray(data.draw(st.sampled_from(["{}", "oops", "[1]"])))
+            continue
+        n = data.draw(st.sampled_from([rows, rows + 1]))
+        shape = data.draw(st.sampled_from([(n,), (n, 2), (n, 2, 2), ()]))
+        fill = data.draw(st.sampled_from([0.0, 1.0, 0.5, np.nan, np.inf]))
+        dtype = data.draw(st.sampled_from(["float32", "int64", "bool", "str"]))
+        value = np.full(shape, fill)
+        arrays[name] = np.full(shape, "x") if dtype == "str" else value.astype(dtype)
+    path = tmp_path / "fuzz.npz"
+    np.savez(path, **arrays)
+    try:
+        dataset, _ = load_dataset(path)
+    except DatasetError as err:
+        assert "fuzz.npz" in str(err)
+        return
+    assert len(dataset) > 0
+    for name in FIELDS:
+        value = getattr(dataset, name)
+        assert len(value) == len(dataset) and np.isfinite(value.astype(np.float32)).all()

@@ -3,6 +3,9 @@
 import dataclasses
 import json
 import shutil
+import signal
+import subprocess
+import sys
 
 import flax.struct
 import gymnasium as gym
@@ -11,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from agent_helpers import hopper_dataset, random_batch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from o2o.agents.base import switch_parts, trained_parts
 from o2o.agents.sac import SAC, SACConfig
@@ -146,6 +151,7 @@ def test_dataset_with_wrong_action_range_is_rejected(tmp_path, capsys):
         run(f"--algo rlpd --dataset {path} --out {tmp_path / 'r'}")
     err = capsys.readouterr().err
     assert "wide.npz" in err and "'actions'" in err and "outside the action space" in err
+    assert not (tmp_path / "r" / "config.json").exists()  # it would block the fixed command
 
 
 @pytest.mark.parametrize(
@@ -179,18 +185,94 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch):
 def test_top_level_usage(capsys):
     main([])
     assert "o2o train" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown command"):
+    with pytest.raises(SystemExit) as stop:
         main(["fly"])
+    assert stop.value.code == 2 and "unknown command 'fly'" in capsys.readouterr().err
 
 
-def test_restart_without_checkpoint_starts_fresh_metrics(tmp_path):
-    """A run that died before its first checkpoint restarts cleanly, without stale records."""
+def test_restart_without_checkpoint_starts_fresh_metrics(tmp_path, capsys):
+    """A run that died before its first checkpoint restarts cleanly, without stale records.
+    Flags without effect in the configuration are said (and kept)."""
     out = tmp_path / "run"
     flags = f"--algo sac --online-steps 10 --eval-interval 10 --agent.start-steps 5 --out {out}"
-    run(flags)
+    run(f"{flags} --freeze actor --dataset-size 100")
+    err = capsys.readouterr().err
+    assert "--freeze has no effect" in err and "--dataset-size has no effect" in err
     shutil.rmtree(out / "checkpoints")
-    run(flags)
+    run(f"{flags} --freeze actor --dataset-size 100")
     assert [r["env_steps"] for r in read_metrics(out)] == [0, 10]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ("--eval-interval 0", "--eval-interval 0: must be at least 1"),
+        ("--task hopper-medium --dataset-size 0", "--dataset-size 0: give at least 1"),
+        ("--online-steps 0", "the run has no phase"),
+        ("--offline-steps -5", "--offline-steps -5: must not be negative"),
+        ("--agent.hidden-dims 0 0", "--agent.hidden-dims 0 0: give one or more widths"),
+        ("--agent.discount 1.5", "--agent.discount 1.5: must lie in (0, 1]"),
+        ("--agent.critic-lr -1", "--agent.critic-lr -1.0: a learning rate must be positive"),
+        ("--seeds -1", "--seeds: -1: give at least 0"),
+    ],
+)
+def test_invalid_values_are_refused_before_anything_runs(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--algo", "sac", *flags.split(), "--out", str(out)])
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro's box, unwrapped
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--out", str(tmp_path / "taken")])
+    assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in either phase stops at the next step boundary with a checkpoint there (exit
+    status 130, no traceback); the same command then ends with the records of an
+    uninterrupted run (`test_lost_checkpoints_lose_no_records`: [0, 10, 20, 20, 30])."""
+    from o2o.train import offline, online
+
+    out = tmp_path / "run"
+    flags = f"{FINE_TUNE} --dataset {hopper_dataset(tmp_path)} --out {out}"
+    monkeypatch.setattr(offline, "CHUNK", 5)
+    update_chunk, calls = offline._update_chunk, []
+
+    def ctrl_c_in_the_third_chunk(*args, **kwargs):  # updates 10 -> 15
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return update_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(offline, "_update_chunk", ctrl_c_in_the_third_chunk)
+    with pytest.raises(SystemExit) as stop:
+        run(flags)
+    assert stop.value.code == 130 and "offline update 15" in capsys.readouterr().err
+    progress = json.loads((out / "checkpoints" / "offline" / "progress.json").read_text())
+    assert progress["updates"] == 15 and [r["step"] for r in read_metrics(out)] == [0, 10]
+
+    monkeypatch.setattr(offline, "_update_chunk", update_chunk)
+    online_step = online.OnlineLoop._step
+
+    def ctrl_c_at_step_4(self):
+        online_step(self)
+        if self.progress.env_steps == 4:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(online.OnlineLoop, "_step", ctrl_c_at_step_4)
+    with pytest.raises(SystemExit) as stop:
+        run(flags)
+    assert stop.value.code == 130 and "online step 4" in capsys.readouterr().err
+    monkeypatch.setattr(online.OnlineLoop, "_step", online_step)
+    run(flags)
+    assert [r["step"] for r in read_metrics(out)] == [0, 10, 20, 20, 30]
+    assert summary(out)["env_steps"] == 10 and summary(out)["offline_updates"] == 20
 
 
 def test_offline_then_online_share_one_step_axis_and_resume(tmp_path):
@@ -453,7 +535,7 @@ def offline_params(run_dir) -> list[np.ndarray]:
     ]
 
 
-def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path):
+def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path, capsys):
     """`--seeds 0 1`: one run directory per seed, whose offline updates (vmapped together) match
     a run of that seed alone to float tolerance, then each seed's online phase; rerunning the
     command finds every seed done."""
@@ -482,8 +564,9 @@ def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path):
     before = (runs[0] / "metrics.jsonl").read_text()
     run(f"{flags} --seeds 0 1 --out {tmp_path / 'both'}")  # done: nothing changes
     assert (runs[0] / "metrics.jsonl").read_text() == before
-    with pytest.raises(SystemExit, match="not both"):
+    with pytest.raises(SystemExit):
         run(f"{flags} --seeds 0 1 --seed 2")
+    assert "not both" in capsys.readouterr().err
 
 
 FINE_TUNE = (
@@ -527,6 +610,56 @@ def test_lost_checkpoints_lose_no_records(tmp_path):
     assert not latest.with_name("latest.old").exists()
 
 
+# Runs `o2o train ARGS` in a fresh process that kills itself (SIGKILL) at the AT-th call of
+# WHERE: an offline chunk of updates (of 5), an online step, or a file sync inside a
+# checkpoint save.
+KILLER = """
+import os, signal, sys
+from o2o import checkpoint
+from o2o.cli import main
+from o2o.train import offline, online
+
+where, at, calls = sys.argv[1], int(sys.argv[2]), []
+offline.CHUNK = 5
+owner, name = {
+    "offline": (offline, "_update_chunk"),
+    "online": (online.OnlineLoop, "_step"),
+    "save": (checkpoint, "_fsync"),
+}[where]
+original = getattr(owner, name)
+
+def killing(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(owner, name, killing)
+main(sys.argv[3:])
+"""
+
+
+def test_killed_in_each_phase_and_in_a_save_the_run_ends_as_if_never_killed(tmp_path):
+    """kill -9 at a random point of the offline phase, of the online phase and of a checkpoint
+    save, each time resuming: the records are those of an uninterrupted run (the steps of
+    `test_lost_checkpoints_lose_no_records`), and the summary is written."""
+    out, data = tmp_path / "run", hopper_dataset(tmp_path)
+    flags = f"{FINE_TUNE} --dataset {data} --out {out} {TINY}".split()
+    rng = np.random.default_rng()
+    # offline: 4 chunks of 5 updates; online: 10 steps; the last attempt saves once (4 syncs)
+    points = {
+        where: int(rng.integers(1, last + 1))
+        for where, last in (("offline", 4), ("online", 10), ("save", 4))
+    }
+    for where, at in points.items():
+        command = [sys.executable, "-c", KILLER, where, str(at), "train", *flags]
+        killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, (points, killed.stderr[-2000:])
+    run(f"{FINE_TUNE} --dataset {data} --out {out}")
+    assert [r["step"] for r in read_metrics(out)] == [0, 10, 20, 20, 30], points
+    assert summary(out)["env_steps"] == 10 and summary(out)["offline_updates"] == 20, points
+
+
 def test_a_half_written_checkpoint_is_not_taken(tmp_path):
     """A checkpoint whose files do not match their manifest is skipped for the previous one."""
     from o2o.checkpoint import find_checkpoint, save_checkpoint
@@ -554,3 +687,93 @@ def test_a_diverging_run_stops_with_its_last_good_checkpoint(tmp_path, capsys):
     assert not (out / "summary.json").exists()
     progress = json.loads((out / "checkpoints" / "offline" / "progress.json").read_text())
     assert progress["updates"] == 0
+
+
+def _outside(low: float, high: float, low_open: bool = False) -> st.SearchStrategy:
+    """Floats (NaN and infinities included) outside [low, high] ((low, high] if low_open)."""
+    return st.floats().filter(lambda x: not (low < x <= high if low_open else low <= x <= high))
+
+
+INVALID_FLAGS = {
+    "--eval-interval": st.integers(max_value=0),
+    "--eval-episodes": st.integers(max_value=0),
+    "--offline-steps": st.integers(max_value=-1),
+    "--online-steps": st.integers(max_value=-1),
+    "--holdout-episodes": st.integers(max_value=-1),
+    "--seed": st.integers(max_value=-1),
+    "--agent.batch-size": st.integers(max_value=0),
+    "--agent.utd-ratio": st.integers(max_value=0),
+    "--agent.num-critics": st.integers(max_value=0),
+    "--agent.discount": _outside(0.0, 1.0, low_open=True),
+    "--agent.tau": _outside(0.0, 1.0, low_open=True),
+    "--agent.offline-ratio": _outside(0.0, 1.0),
+    "--agent.critic-lr": st.floats().filter(lambda x: not x > 0),
+    "--agent.hidden-dims": st.lists(st.integers(-3, 0), min_size=1, max_size=3),
+}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(flag=st.sampled_from(sorted(INVALID_FLAGS)), data=st.data())
+def test_no_invalid_flag_value_is_accepted(flag, data, tmp_path, capsys):
+    value = data.draw(INVALID_FLAGS[flag])
+    values = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--algo", "sac", flag, *values, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (skipped where this process may not mount one)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_loses_nothing(small_disk, capsys):
+    out, filler = small_disk / "run", small_disk / "filler"
+    flags = f"--algo sac --online-steps 20 --eval-interval 10 --agent.start-steps 5 --out {out}"
+    filler.write_bytes(b"\0" * (2**21 - 64 * 2**10))  # 64 kB left: less than a checkpoint
+    with pytest.raises(SystemExit) as stop:
+        run(flags)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "No space left on device; the disk is full: free space" in err
+    filler.unlink()
+    run(flags)
+    assert [r["env_steps"] for r in read_metrics(out)] == [0, 10, 20]
+    assert summary(out)["env_steps"] == 20
+
+
+def test_report_counts_a_diverged_run_and_names_a_broken_file(tmp_path, capsys):
+    """Issue 22, case 4: NaN scores (logged as null by runs from before the divergence guard)
+    crashed `o2o report`; a torn last line (a kill mid-write) and bad JSON are named."""
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"algo": "cql", "task": "hopper"}))
+    scores = [("offline", 0, 0, 5.0), ("offline", 10, 0, None)]
+    scores += [("online", 10, 0, None), ("online", 20, 10, None)]
+    lines = [
+        json.dumps({"phase": p, "step": s, "env_steps": e, "normalized_score": v, "q_bias": v})
+        for p, s, e, v in scores
+    ]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 3')
+    main(["report", str(run_dir), "--out", str(tmp_path / "report")])
+    assert "| cql | 1 | 1 of 1 |" in (tmp_path / "report" / "report.md").read_text()
+    assert "last line was cut short" in capsys.readouterr().err
+    (run_dir / "config.json").write_text("{oops")
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(run_dir)])
+    assert stop.value.code == 2 and "config.json: not valid JSON" in capsys.readouterr().err

@@ -86,6 +86,40 @@ class Needs:
             raise ValueError(f"reward_scale={self.reward_scale} must be positive")
 
 
+# Agent fields whose valid range follows from their name, whatever the algorithm: checked by
+# `check_agent_config` before anything runs (the message gives the flag, the range and the value).
+_POSITIVE_INT = ("batch_size", "utd_ratio", "num_", "flow_steps", "rollout_length", "_samples")
+_UNIT_INTERVAL = ("offline_ratio",)  # [0, 1]
+_OPEN_UNIT = ("discount", "tau")  # (0, 1]
+
+
+def check_agent_config(config: Any) -> None:
+    """Refuse agent hyperparameters no recipe can train with (a learning rate, batch size or
+    ensemble size that is not positive, an empty or zero-width network, a discount or
+    offline_ratio outside its range), naming the `--agent.*` flag; ValueError."""
+    problems = []
+    for field in dataclasses.fields(config):
+        name, value = field.name, getattr(config, field.name)
+        flag = f"--agent.{name.replace('_', '-')}"
+        if isinstance(value, bool) or value is None:
+            continue
+        if name.endswith("hidden_dims") and (not value or min(value) < 1):
+            problems.append(f"{flag} {' '.join(map(str, value))}: give one or more widths >= 1")
+        elif isinstance(value, int) and any(part in name for part in _POSITIVE_INT):
+            if value < 1:
+                problems.append(f"{flag} {value}: must be at least 1")
+        elif (name == "lr" or name.endswith("_lr")) and not value > 0:
+            problems.append(f"{flag} {value}: a learning rate must be positive")
+        elif name in _UNIT_INTERVAL and not 0 <= value <= 1:
+            problems.append(f"{flag} {value}: must lie in [0, 1]")
+        elif name in _OPEN_UNIT and not 0 < value <= 1:
+            problems.append(f"{flag} {value}: must lie in (0, 1]")
+        elif name.endswith("_steps") and isinstance(value, int) and value < 0:
+            problems.append(f"{flag} {value}: must not be negative")
+    if problems:
+        raise ValueError("invalid agent hyperparameters: " + "; ".join(problems))
+
+
 class Agent(Protocol):
     config: AgentConfig
 

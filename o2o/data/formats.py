@@ -2,11 +2,14 @@
 
 | format  | layout                                              | `load_dataset` detects it by  |
 |---------|-----------------------------------------------------|-------------------------------|
-| native  | `.npz` of the six fields plus JSON `meta`           | `.npz` holding all six fields |
+| native  | `.npz` of the six fields plus JSON `meta`           | `.npz` with `timeouts`         |
 | d4rl    | `.hdf5` of flat arrays (`env.get_dataset()`)        | `.hdf5`/`.h5` without episodes |
 | minari  | folder with `data/main_data.hdf5`, `episode_ID` groups | a folder, or episode groups |
-| ogbench | `.npz` with trajectory-end `terminals`              | any other `.npz`              |
+| ogbench | `.npz` with trajectory-end `terminals`              | `.npz` with `masks`            |
 
+Detection goes by what a file holds, never by what it lacks: the two `.npz` layouts give
+`terminals` different meanings (a true terminal; the end of a trajectory), so a file that shows
+neither layout's own field is refused with the choice to make (`--from`), not guessed.
 Every loader returns a validated `Dataset` (see its schema) and a metadata dict.
 """
 
@@ -18,6 +21,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -45,10 +49,13 @@ def load_native(
     action_low: np.ndarray | float | None = None,
     action_high: np.ndarray | float | None = None,
 ) -> tuple[Dataset, dict]:
-    """Read a native `.npz` dataset; returns the validated dataset and its metadata."""
+    """Read a native `.npz` dataset; returns the validated dataset and its metadata. Without
+    `next_observations`, the next observation is the following row's, as for D4RL files."""
     path = Path(path)
     arrays = _read_npz(path)
-    meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    meta = _meta(arrays.pop("meta", None), path)
+    if "next_observations" not in arrays and "observations" in arrays:
+        arrays = _next_from_following(arrays, str(path))
     dataset = Dataset.from_arrays(arrays, str(path), action_low, action_high)
     return dataset, meta
 
@@ -79,16 +86,35 @@ def load_d4rl_hdf5(
                 f"missing at the file's root (found: {sorted(f.keys())})",
                 "store D4RL's flat arrays, or pass format='minari' for episode groups",
             )
-        arrays = {name: f[name][()] for name in FIELDS if name in f}
-        meta = json.loads(f.attrs["o2o_meta"]) if "o2o_meta" in f.attrs else {}
+        arrays = {name: _read_field(f, name, path) for name in FIELDS if name in f}
+        meta = _meta(f.attrs.get("o2o_meta"), path)
     if "next_observations" not in arrays:
-        arrays = _next_from_following(arrays)
+        arrays = _next_from_following(arrays, str(path))
     return Dataset.from_arrays(arrays, str(path), action_low, action_high), meta
 
 
-def _next_from_following(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _aligned(arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """`arrays`, checked to hold one row per step (at least one step) before a loader derives
+    fields from neighbouring rows."""
+    n = len(np.atleast_1d(arrays["observations"]))
+    for name, value in arrays.items():
+        if name == "meta":
+            continue
+        rows = np.shape(value)[0] if np.ndim(value) else None
+        if rows != n or n == 0:
+            raise DatasetError(
+                source,
+                name,
+                f"has shape {np.shape(value)}; observations have {n} rows",
+                "store every field with one row per step (at least one step)",
+            )
+    return arrays
+
+
+def _next_from_following(arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    arrays = _aligned(arrays, source)
     n = len(arrays["observations"])
-    timeouts = np.asarray(arrays.get("timeouts", np.zeros(n)), bool).reshape(n)
+    timeouts = _flags(arrays, "timeouts", source) if "timeouts" in arrays else np.zeros(n, bool)
     keep = ~timeouts
     keep[-1] = False  # the last row has no following observation
     out = {name: np.asarray(value)[keep] for name, value in arrays.items()}
@@ -169,16 +195,21 @@ def load_minari(
                 )
             columns["observations"].append(obs[:-1])
             columns["next_observations"].append(obs[1:])
-            columns["actions"].append(episode["actions"][()].reshape(steps, -1))
-            columns["rewards"].append(episode["rewards"][()].reshape(steps))
-            terminals = episode["terminations"][()].reshape(steps).astype(bool)
-            timeouts = episode["truncations"][()].reshape(steps).astype(bool) & ~terminals
+            source = f"{file}:{name}"
+            read = {
+                field: _read_field(episode, field, source)
+                for field in ("actions", "rewards", "terminations", "truncations")
+            }
+            columns["actions"].append(read["actions"].reshape(steps, -1))
+            columns["rewards"].append(read["rewards"].reshape(steps))
+            terminals = read["terminations"].reshape(steps).astype(bool)
+            timeouts = read["truncations"].reshape(steps).astype(bool) & ~terminals
             columns["terminals"].append(terminals)
             columns["timeouts"].append(timeouts)
     meta = {}
     metadata = file.parent / "metadata.json"
     if metadata.is_file():
-        meta = json.loads(metadata.read_text())
+        meta = _meta(metadata.read_text(), metadata)
         meta = meta.get("o2o_meta", {}) | {"minari": meta}
     if keys:
         meta["observation_keys"] = keys
@@ -255,15 +286,16 @@ def load_ogbench(
             "missing: goal-conditioned OGBench data has no rewards",
             "use the task's `-singletask` dataset, or relabel rewards for one goal first",
         )
+    arrays = _aligned(arrays, str(path))
     n = len(arrays["observations"])
-    ends = np.asarray(arrays["terminals"], bool).reshape(n)
-    masks = np.asarray(arrays.get("masks", np.ones(n)), np.float32).reshape(n)
+    ends = _flags(arrays, "terminals", str(path))
+    masks = _flags(arrays, "masks", str(path)) if "masks" in arrays else np.ones(n, bool)
     out = {
         "observations": arrays["observations"],
         "actions": arrays["actions"],
         "rewards": arrays["rewards"],
-        "terminals": masks == 0,
-        "timeouts": ends & (masks != 0),
+        "terminals": ~masks,
+        "timeouts": ends & masks,
     }
     if "next_observations" in arrays:
         out["next_observations"] = arrays["next_observations"]
@@ -277,7 +309,7 @@ def load_ogbench(
         last = np.flatnonzero(ends[1:] & keep[:-1])
         position = np.cumsum(keep) - 1
         out["timeouts"][position[last]] |= ~out["terminals"][position[last]]
-    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    meta = _meta(arrays.get("meta"), path)
     return Dataset.from_arrays(out, str(path), action_low, action_high), meta
 
 
@@ -329,10 +361,33 @@ def detect_format(path: str | Path) -> str:
         with _open_hdf5(path) as f:
             return "minari" if any(k.startswith("episode_") for k in f) else "d4rl"
     if path.suffix == NATIVE_SUFFIX:
-        return "native" if set(FIELDS) <= set(_read_npz(path, names_only=True)) else "ogbench"
+        return _npz_format(path, set(_read_npz(path, names_only=True)))
     raise ValueError(
         f"{path}: cannot tell the dataset format from the suffix '{path.suffix}'; "
         f"pass one of {', '.join(FORMATS)} (--from on the command line)"
+    )
+
+
+def _npz_format(path: Path, names: set[str]) -> str:
+    """native or ogbench, from the field that only one of them has."""
+    if "masks" in names:
+        return "ogbench"
+    if "timeouts" in names:  # o2o's and D4RL's
+        return "native"
+    if "rewards" not in names:
+        raise DatasetError(
+            str(path),
+            "rewards",
+            f"missing (found {sorted(names)}); OGBench's goal-conditioned datasets have none",
+            "use the task's `-singletask` dataset, or relabel rewards for one goal first",
+        )
+    raise DatasetError(
+        str(path),
+        "terminals",
+        "cannot tell what it means: the file has neither `timeouts` (o2o's and D4RL's layout, "
+        "where terminals are true terminals) nor `masks` (OGBench's, where terminals end "
+        f"trajectories); found {sorted(names)}",
+        "pass the format: --from native (terminals are true terminals) or --from ogbench",
     )
 
 
@@ -378,9 +433,45 @@ def _read_npz(path: Path, names_only: bool = False) -> dict:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: None if names_only else npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise DatasetError(
             str(path), "<file>", f"is not a readable .npz archive ({err})", "re-create the file"
+        ) from err
+
+
+def _flags(arrays: dict[str, np.ndarray], name: str, source: str) -> np.ndarray:
+    """A per-step 0/1 field as booleans."""
+    value = np.asarray(arrays[name])
+    if value.ndim == 2 and value.shape[1] == 1:
+        value = value[:, 0]
+    if value.ndim != 1 or not np.isin(value, (0, 1)).all():
+        raise DatasetError(source, name, "is not one 0/1 value per step", "store 0/1 flags")
+    return value.astype(bool)
+
+
+def _meta(value: Any, path: Path) -> dict:
+    """The JSON metadata a file stores ({} without any)."""
+    if value is None:
+        return {}
+    try:
+        meta = json.loads(str(value))
+    except json.JSONDecodeError as err:
+        raise DatasetError(str(path), "meta", f"is not JSON ({err})", "re-create the file") from err
+    if not isinstance(meta, dict):
+        raise DatasetError(str(path), "meta", "is not a JSON object", "re-create the file")
+    return meta
+
+
+def _read_field(group: h5py.Group, name: str, source: str | Path) -> np.ndarray:
+    """An HDF5 array, or a DatasetError naming the field (a group; unreadable data)."""
+    node = group[name]
+    if not isinstance(node, h5py.Dataset):
+        raise DatasetError(str(source), name, "is a group, not an array", "store an array")
+    try:
+        return node[()]
+    except OSError as err:
+        raise DatasetError(
+            str(source), name, f"cannot be read ({err})", "re-create the file"
         ) from err
 
 

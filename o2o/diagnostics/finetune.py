@@ -18,7 +18,10 @@ normalised score:
   score, the mean of 1 - clip(score, 0, 100) / 100 (0 = expert throughout, 1 = random or
   worse throughout). None until an online episode has ended;
 - `q_bias_at_switch`, `holdout_q_bias_at_switch`: Q minus the Monte-Carlo return at the
-  switch, on evaluation rollouts and on held-out dataset episodes.
+  switch, on evaluation rollouts and on held-out dataset episodes;
+- `diverged`: True when a score is not a number (NaN is logged as null: runs from before the
+  divergence guard, `o2o.train.evaluate.check_finite`); the metrics that need the scores are
+  then None.
 """
 
 from __future__ import annotations
@@ -43,9 +46,18 @@ def finetune_metrics(
     if len(online) < 2:
         return {}
     switch = offline[-1] if offline else online[0]
-    start = switch["normalized_score"]
-    scores = np.array([r["normalized_score"] for r in online], float)
+    start = _number(switch.get("normalized_score"))
+    scores = np.array([_number(r.get("normalized_score")) for r in online])
     steps = np.array([r["env_steps"] for r in online], float)
+    if not np.isfinite(start) or not np.isfinite(scores).all():
+        finite = scores[np.isfinite(scores)]
+        return {
+            "diverged": True,
+            "offline_score": float(start) if np.isfinite(start) else None,
+            "final_online_score": float(scores[-1]) if np.isfinite(scores[-1]) else None,
+            "best_online_score": float(finite.max()) if len(finite) else None,
+            "regret": regret(episodes),
+        }
     early = steps <= window * steps.max()
     bottom = int(np.argmin(np.where(early, scores, np.inf)))
     dip = max(0.0, start - float(scores[bottom]))
@@ -64,6 +76,11 @@ def finetune_metrics(
         "q_bias_at_switch": switch.get("q_bias"),
         "holdout_q_bias_at_switch": switch.get("holdout_q_bias"),
     }
+
+
+def _number(value: Any) -> float:
+    """A logged value as a float; null (a NaN or infinity when it was logged) as NaN."""
+    return float("nan") if value is None else float(value)
 
 
 def regret(episodes: list[dict[str, Any]]) -> float | None:

@@ -16,7 +16,7 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
-from o2o.data.dataset import Dataset
+from o2o.data.dataset import Dataset, check_action_bounds
 
 D4RL_SOURCE = "D4RL d4rl/infos.py REF_MIN_SCORE/REF_MAX_SCORE (random/expert returns, v2 envs)"
 LOCOMOTION_LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -110,6 +110,25 @@ class Task:
                 env, self.observation_normalizer, gym.spaces.Box(-np.inf, np.inf, space.shape)
             )
         return env
+
+    def check_dataset(self, dataset: Dataset) -> Dataset:
+        """`dataset` if it fits this task, as `o2o train`, `o2o dataset info` and `o2o dataset
+        convert` all check it (after the format's own checks): observations and actions of the
+        environment's dimensions, actions within its bounds; else DatasetError/ValueError."""
+        env = self.base_env()
+        obs_space, act_space = env.observation_space, env.action_space
+        env.close()
+        for what, got, want in (
+            ("observations", dataset.observation_dim, obs_space.shape[0]),
+            ("actions", dataset.action_dim, act_space.shape[0]),
+        ):
+            if got != want:
+                raise ValueError(
+                    f"{dataset.source}: {what} have dim {got} but task '{self.name}' has "
+                    f"{want}; pick the matching --task"
+                )
+        check_action_bounds(dataset.actions, act_space.low, act_space.high, dataset.source)
+        return dataset
 
     @property
     def failure_reward(self) -> float | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from o2o.diagnostics.finetune import finetune_metrics
-from o2o.logging import read_episodes, read_metrics
+from o2o.logging import read_episodes, read_json, read_metrics
 from o2o.report import stats
 from o2o.report.tables import markdown_table
 
@@ -43,6 +42,7 @@ COLUMNS = {
     "regret": "regret",
     "q_bias_at_switch": "Q bias at switch",
     "holdout_q_bias_at_switch": "held-out Q bias at switch",
+    "diverged": "diverged (score not a number)",
 }
 
 
@@ -58,13 +58,15 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir}: metrics.jsonl has no evaluations yet; run it longer")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_json(run_dir / "config.json")
     offline_steps = max((r["step"] for r in records if r["phase"] == "offline"), default=0)
     for r in records:  # the switch at x = 0
         r["x"] = r["step"] - offline_steps if r["phase"] == "offline" else r["env_steps"]
     metrics = finetune_metrics(records, read_episodes(run_dir))
     if not metrics and offline_steps:  # an offline-only run: its final offline score
         metrics["offline_score"] = records[-1]["normalized_score"]
+    if not all(_finite(r.get("normalized_score")) for r in records):
+        metrics["diverged"] = True  # counted in the table; its curves stop at the NaN
     return {"dir": run_dir, "config": config, "records": records, "metrics": metrics}
 
 
@@ -120,11 +122,14 @@ def _table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]
         for key in COLUMNS:
             values = [run["metrics"].get(key) for run in runs]
             values = [v for v in values if v is not None]
-            if key in ("run", "seeds") or not values:
+            if key in ("run", "seeds", "diverged") or not values:
                 continue
             row[key] = stats.aggregate(values) if len(runs) > 1 else float(values[0])
             if key == "recovery_steps" and len(values) < len(runs):
                 row[key] = f"{row[key]} ({len(runs) - len(values)} never)"
+        diverged = sum(bool(run["metrics"].get("diverged")) for run in runs)
+        if diverged:
+            row["diverged"] = f"{diverged} of {len(runs)}"
         rows.append(row)
     return rows, {k: v for k, v in COLUMNS.items() if any(k in row for row in rows)}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,16 +29,42 @@ class Diverged(ValueError):
     """Training produced non-finite losses; the run stops, its last good checkpoint kept."""
 
 
-def check_finite(metrics: dict, step: int, run_dir, phase: str) -> None:
+# How far beyond the largest discounted return its rewards allow (max|r| / (1 - discount)) the
+# mean Q may go before a run is called diverged. Wide: soft Q values add an entropy bonus, and a
+# critic on its way to NaN passes any finite bound within a few thousand updates.
+Q_MARGIN = 100.0
+
+
+def q_limit(buffers: list[Any], discount: float) -> float:
+    """The |Q| beyond which training has diverged, from the rewards the critic learns from
+    (replay buffers or datasets in the agent's units); inf without rewards or with discount 1."""
+    rewards = [np.asarray(b.data["rewards"][: int(b.size)]) for b in buffers]
+    largest = max((float(np.abs(r).max(initial=0.0)) for r in rewards), default=0.0)
+    if largest == 0.0 or discount >= 1.0:
+        return float("inf")
+    return Q_MARGIN * largest / (1.0 - discount)
+
+
+def check_finite(
+    metrics: dict, step: int, run_dir, phase: str, q_bound: float = float("inf")
+) -> None:
     """Stop a run whose training metrics (losses, Q means: means over the last updates) are no
-    longer finite, before it evaluates, logs or checkpoints anything of the diverged agent."""
+    longer finite, or whose mean Q lies beyond `q_bound` (`q_limit`), before it evaluates,
+    logs or checkpoints anything of the diverged agent."""
     bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v))))
-    if bad:
+    q = float(metrics.get("q_mean", 0.0)) if not bad else 0.0
+    if bad or abs(q) > q_bound:
+        what = (
+            f"{', '.join(bad)} not finite"
+            if bad
+            else f"mean Q {q:.4g} beyond +-{q_bound:.4g}, {Q_MARGIN:g} times the largest "
+            "discounted return the rewards allow"
+        )
         raise Diverged(
-            f"{run_dir}: training diverged in the {phase} phase before step {step} "
-            f"({', '.join(bad)} not finite). Nothing of the diverged agent was saved: the "
-            "checkpoint and records of the last evaluation are kept. Lower the learning rates "
-            "(--agent.*-lr) and train in a new --out"
+            f"{run_dir}: training diverged in the {phase} phase before step {step} ({what}). "
+            "Nothing of the diverged agent was saved: the checkpoint and records of the last "
+            "evaluation are kept. Lower the learning rates (--agent.*-lr) and train in a new "
+            "--out"
         )
 
 

@@ -44,7 +44,8 @@ from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
-from o2o.train.evaluate import Evaluator, check_finite
+from o2o.train.evaluate import Evaluator, check_finite, q_limit
+from o2o.train.stop import Interrupted, StopRequest
 from o2o.zoo import save_policy
 
 
@@ -161,10 +162,12 @@ class OnlineLoop:
         cfg = self.agent.config
         self.horizon = self.needs.horizon
         self.mc_returns = "mc_returns" in self.needs.batch_fields
-        self._restore()
-        resumed = self.progress.env_steps > 0
-        keep = self.step_offset + self.progress.env_steps if resumed else self.step_offset
-        self.logger = RunLogger(self.run_dir, keep if resumed or self.step_offset else None)
+        resumed = self._restore()
+        if resumed:  # its records up to the checkpoint, the offline phase's included
+            keep = ("online", self.step_offset + self.progress.env_steps)
+        else:  # the offline phase's records, if it had one
+            keep = ("online", self.step_offset - 1) if self.step_offset else None
+        self.logger = RunLogger(self.run_dir, keep)
         self.evaluator = Evaluator(
             self.task,
             self.eval_episodes,
@@ -177,7 +180,7 @@ class OnlineLoop:
         self.metrics = {}
         self.t_interval, self.updates_interval = time.perf_counter(), 0
 
-        with progress_bar() as bar:
+        with progress_bar() as bar, StopRequest() as stop:
             task_id = bar.add_task(
                 "online", total=self.online_steps, completed=self.progress.env_steps, info=""
             )
@@ -193,6 +196,13 @@ class OnlineLoop:
                 ):
                     record = self._evaluate_and_save()
                     bar.update(task_id, info=f"return {record['return_mean']:.0f}")
+                if stop.requested:
+                    self.progress.wall_s += time.perf_counter() - self.t_interval
+                    save_checkpoint(self.checkpoint_dir, self._state(), self.progress.__dict__)
+                    raise Interrupted(
+                        f"stopped by Ctrl-C at online step {steps}, checkpoint saved in "
+                        f"{self.run_dir}: the same command resumes there"
+                    )
         self.logger.close()
         return self.progress
 
@@ -206,9 +216,9 @@ class OnlineLoop:
         self.episode_return, self.episode_success = 0.0, False
         self.episode: list[dict[str, Any]] = []  # with mc_returns: the episode not yet stored
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
         """The environment, and fresh state or the checkpoint's (growing the buffer if the run
-        was extended)."""
+        was extended); whether there was a checkpoint."""
         self.env = self.task.make_env()
         example = example_transition(self.env, self.needs)
         capacity = max(1, min(self.online_steps, self.buffer_capacity))
@@ -218,7 +228,7 @@ class OnlineLoop:
         self.np_rng = np.random.default_rng(self.seed)
         found = self.saved_checkpoint()
         if found is None:
-            return
+            return False
         saved = json.loads((found / "progress.json").read_text())
         if "buffer_capacity" not in saved:  # checkpoints written before the field existed
             first_buffer_leaf = len(jax.tree.leaves(self.agent))
@@ -230,6 +240,7 @@ class OnlineLoop:
             self.buffer = self.buffer.grown(capacity)
             self.progress.buffer_capacity = capacity
         self.np_rng.bit_generator.state = self.progress.np_rng_state
+        return True
 
     def _chunk(self, actions: jax.Array) -> list[np.ndarray]:
         """A flattened chunk of `horizon` actions as the queue of its steps."""
@@ -327,7 +338,8 @@ class OnlineLoop:
     def _evaluate_and_save(self) -> dict[str, Any]:
         progress = self.progress
         step = self.step_offset + progress.env_steps
-        check_finite(self.metrics, step, self.run_dir, "online")
+        q_bound = q_limit(self._reward_data(), self.agent.config.discount)
+        check_finite(self.metrics, step, self.run_dir, "online", q_bound)
         elapsed = time.perf_counter() - self.t_interval
         progress.wall_s += elapsed
         record = {
@@ -353,6 +365,10 @@ class OnlineLoop:
         save_checkpoint(self.checkpoint_dir, self._state(), progress.__dict__)
         self.t_interval, self.updates_interval = time.perf_counter(), 0
         return record
+
+    def _reward_data(self) -> list[ReplayBuffer]:
+        """The data whose rewards the critic learns from (for `q_limit`)."""
+        return [b for b in (self.sampler.offline, self.buffer) if b is not None]
 
     def _state(self) -> Any:
         """What a checkpoint holds besides the counters (the numpy RNG goes into those)."""

@@ -42,7 +42,7 @@ class OnPolicyLoop(OnlineLoop):
     `rollout_length`); `run()` resumes from the run's checkpoint. The `sampler` is unused:
     updates see only the latest rollout."""
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress()
         found = self.saved_checkpoint()
@@ -50,9 +50,13 @@ class OnPolicyLoop(OnlineLoop):
             template = (self.agent, self.key)
             (self.agent, self.key), saved = load_checkpoint(found, template)
             self.progress = RunProgress(**saved)
+        return found is not None
 
     def _state(self) -> Any:
         return self.agent, self.key
+
+    def _reward_data(self) -> list:
+        return []  # rollouts are not kept: no bound on Q (FPO learns no critic)
 
     def _start(self) -> None:
         cfg = self.agent.config

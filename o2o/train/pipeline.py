@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from o2o.agents import get_agent
-from o2o.agents.base import Needs, switch_parts
+from o2o.agents.base import Needs, check_agent_config, switch_parts
 from o2o.checkpoint import find_checkpoint, load_checkpoint, locked
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
@@ -47,7 +47,7 @@ from o2o.envs.tasks import (
     get_task,
     parse_task,
 )
-from o2o.logging import console, read_episodes, read_metrics
+from o2o.logging import console, jsonable, read_episodes, read_json, read_metrics
 from o2o.train.offline import OfflineLoop, offline_record, saved_updates
 from o2o.train.online import OnlineLoop, example_transition, online_checkpoint_dir
 from o2o.train.onpolicy import OnPolicyLoop
@@ -103,6 +103,37 @@ class TrainConfig:
     """The recipe `agent` started from (a task family, task or dataset name; `o2o train`
     picks the task's, --preset NAME another); --agent.* flags override its fields."""
 
+    def __post_init__(self):
+        """Refuse values that cannot mean anything, before anything runs (ValueError naming the
+        flag); the agent's fields as `check_agent_config`."""
+        problems = [
+            f"--{name.replace('_', '-')} {getattr(self, name)}: {rule}"
+            for name, bad, rule in (
+                ("offline_steps", self.offline_steps < 0, "must not be negative"),
+                ("online_steps", self.online_steps < 0, "must not be negative"),
+                ("seed", self.seed < 0, "must not be negative"),
+                ("eval_interval", self.eval_interval < 1, "must be at least 1"),
+                ("eval_episodes", self.eval_episodes < 1, "must be at least 1"),
+                ("holdout_episodes", self.holdout_episodes < 0, "must not be negative"),
+                (
+                    "dataset_size",
+                    self.dataset_size is not None and self.dataset_size < 1,
+                    "give at least 1 transition",
+                ),
+            )
+            if bad
+        ]
+        if not problems and self.offline_steps == 0 and self.online_steps == 0:
+            problems.append(
+                "--offline-steps 0 and --online-steps 0: the run has no phase; give either"
+            )
+        if self.out is not None and self.out.exists() and not self.out.is_dir():
+            problems.append(f"--out {self.out}: is a file; give a directory for the run")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.agent is not None:
+            check_agent_config(self.agent)
+
     def run_dir(self) -> Path:
         return self.out or Path("runs") / f"{self.task}-{self.algo}-seed{self.seed}"
 
@@ -149,7 +180,7 @@ def config_type(algo: str) -> type[TrainConfig]:
 
 def load_config(run_dir: Path) -> TrainConfig:
     """The configuration a run directory was made with, to rerun or extend it."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    saved = read_json(Path(run_dir) / "config.json")
     agent = saved.pop("agent")
     agent = {k: tuple(v) if isinstance(v, list) else v for k, v in agent.items()}  # JSON lists
     saved["freeze"] = tuple(saved.get("freeze", ()))
@@ -190,7 +221,7 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     compared when that run never mixed batches with it (no online steps, or --data-mix
     proportional), so an offline run can be extended online with a ratio of its own. The
     preset's name is not compared (runs from before it existed lack it); its fields are."""
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = read_json(run_dir / "config.json")
     ignored = ("online_steps", "out", "preset")  # preset: a label; the agent's fields count
     current = {k: v for k, v in _config_json(config).items() if k not in ignored}
     if saved.get("online_steps") == 0 or saved.get("data_mix") == "proportional":
@@ -273,27 +304,18 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             check_resumable(run_dir, seed_cfg)
             console.print(f"resuming the run in {run_dir}")
     _print_preset(config)
-    for run_dir, seed_cfg in zip(run_dirs, configs, strict=True):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(_config_json(seed_cfg), indent=1))
+    _warn_without_effect(config, needs, level)
 
     dataset = None
     if config.dataset is not None:
-        dataset, _ = load_dataset(config.dataset, act_space.low, act_space.high)
+        dataset = task.check_dataset(load_dataset(config.dataset)[0])
     elif level is not None:
         dataset, _ = make_dataset(config.task, config.dataset_size)
     buffers = {phase: None for phase in PHASES}  # the dataset as each phase's batches see it
     holdout = None
     if dataset is not None:
-        if dataset.observation_dim != obs_space.shape[0]:
-            raise ValueError(
-                f"{dataset.source}: observations have dim {dataset.observation_dim} but task "
-                f"'{task.name}' has {obs_space.shape[0]}; pick the matching --task"
-            )
         dataset, holdout = hold_out_episodes(dataset, config.holdout_episodes)
         task = learning_task(task, dataset, needs["offline"])
-        for run_dir in run_dirs:
-            (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
         buffers = dataset_buffers(dataset, task, config.agent.discount, needs)
     elif config.offline_steps > 0:
         raise ValueError(
@@ -305,6 +327,13 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
             f"online data only (offline_ratio {config.agent.offline_ratio} ignored)"
         )
+    # Written only once the data is loaded and checked: a refused command leaves nothing
+    # that would block the corrected one.
+    for run_dir, seed_cfg in zip(run_dirs, configs, strict=True):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(_config_json(seed_cfg), indent=1))
+        if dataset is not None:
+            (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
     phases: list[dict[str, Any]] = [{} for _ in seeds]
     if config.offline_steps > 0:
         # A run whose online phase has begun keeps its offline phase as it is, even with its
@@ -361,6 +390,49 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             ).run()
         _write_summary(run_dirs[k], seed_cfg, phases[k])
     return run_dirs
+
+
+def _warn_without_effect(config: TrainConfig, needs: dict[str, Needs], level: str | None) -> None:
+    """Say which flags the configuration makes pointless (they are kept, and recorded)."""
+    default = default_config(config.algo)
+    data = config.dataset is not None or level is not None
+    generated = level is not None and config.dataset is None
+    online = config.online_steps > 0
+    switches = config.offline_steps > 0 and online
+    no_switch = "it applies at the offline-to-online switch, and this run has none"
+    for flag, pointless, why in (
+        ("--freeze", config.freeze and not switches, no_switch),
+        ("--reset-optimizers", config.reset_optimizers and not switches, no_switch),
+        (
+            "--dataset-size",
+            config.dataset_size is not None and not generated,
+            "it sizes a generated TASK-LEVEL dataset, and this run has none",
+        ),
+        (
+            "--data-mix",
+            config.data_mix != default.data_mix and not (online and data),
+            "it mixes offline data into online batches, and this run has no "
+            + ("online phase" if data else "offline data"),
+        ),
+        (
+            "--save-policies",
+            config.save_policies and not online,
+            "policies are saved at online evaluations, and this run has none",
+        ),
+        (
+            "--holdout-episodes",
+            config.holdout_episodes != default.holdout_episodes and not data,
+            "it holds episodes out of a dataset, and this run has none",
+        ),
+    ):
+        if pointless:
+            console.print(f"[yellow]{flag} has no effect: {why}")
+    start = config.agent.start_steps
+    if online and needs["online"].loop == "off_policy" and start >= config.online_steps:
+        console.print(
+            f"[yellow]--online-steps {config.online_steps} is within {config.algo}'s warm-up "
+            f"(--agent.start-steps {start}): the online phase makes no updates"
+        )
 
 
 def switch(agent: Any, config: TrainConfig) -> Any:
@@ -436,7 +508,7 @@ def run_task(run_dir: Path) -> Task:
     path = Path(run_dir) / TRANSFORMS_FILE
     if not path.exists():
         return task
-    saved = json.loads(path.read_text())
+    saved = read_json(path)
     obs = saved["observation_normalizer"]
     return dataclasses.replace(
         task,
@@ -528,7 +600,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
     summary: dict[str, Any] = {"algo": config.algo, "task": config.task, "seed": config.seed}
     for name, progress in phases.items():
         evals = progress.evaluations
-        best = max(evals, key=lambda e: e["normalized_score"])
+        best = max(evals, key=lambda e: np.nan_to_num(e["normalized_score"], nan=-np.inf))
         prefix = "" if name == "online" else "offline_"
         summary |= {
             f"{prefix}final_score": evals[-1]["normalized_score"],
@@ -544,7 +616,8 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
         if name == "online":
             summary |= {"env_steps": progress.env_steps, "best_env_steps": best["env_steps"]}
             summary |= finetune_metrics(read_metrics(run_dir), read_episodes(run_dir))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    jsonable_summary = {k: jsonable(v) for k, v in summary.items()}  # NaN: null
+    (run_dir / "summary.json").write_text(json.dumps(jsonable_summary, indent=1))
     last = "" if "online" in phases else "offline_"
     console.print(
         f"final return {summary[last + 'final_return']:.1f} "
