@@ -314,6 +314,8 @@ def _read_for_task(path: Path, task_name: str | None, format: str | None = None)
 
 
 def _info_row(spec: str, args: argparse.Namespace) -> dict:
+    if not Path(spec).exists() and (Path(spec).suffix or "/" in spec):
+        raise FileNotFoundError(f"{spec}: no such dataset file or folder")
     if Path(spec).exists():
         dataset, _, task = _read_for_task(Path(spec), args.task)
         return dataset_row(spec, dataset, task)

@@ -180,6 +180,10 @@ def config_type(algo: str) -> type[TrainConfig]:
 
 def load_config(run_dir: Path) -> TrainConfig:
     """The configuration a run directory was made with, to rerun or extend it."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: not a run directory (no config.json); pass one made by `o2o train`"
+        )
     saved = read_json(Path(run_dir) / "config.json")
     agent = saved.pop("agent")
     agent = {k: tuple(v) if isinstance(v, list) else v for k, v in agent.items()}  # JSON lists
