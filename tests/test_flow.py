@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_scores
+from agent_helpers import bimodal_batch, bimodal_scores, optimised
 from gymnasium.spaces import Box
 
 from o2o.agents.bc import BC, BCConfig
@@ -44,7 +44,7 @@ def train(agent, steps: int, explore: float = 0.0):
     def step(agent, key):
         return agent.update(bimodal_batch(key, explore=explore))
 
-    run = jax.jit(lambda a, keys: jax.lax.scan(step, a, keys))
+    run = optimised(lambda a, keys: jax.lax.scan(step, a, keys))
     return run(agent, jax.random.split(jax.random.key(1), steps))
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_reward, bimodal_scores, np_, sgd
+from agent_helpers import bimodal_batch, bimodal_reward, bimodal_scores, np_, optimised, sgd
 from gymnasium.spaces import Box
 
 from o2o.agents.fpo import FPO, FPOConfig, gae
@@ -148,11 +148,11 @@ def test_fpo_finds_both_modes_from_a_flow_cloned_on_uniform_actions():
         agent, info = agent.policy_gradient_update(rollout)
         return agent, (rollout["rewards"].mean(), info["clip_fraction"])
 
-    agent, _ = jax.jit(lambda a, k: jax.lax.scan(clone, a, k))(
+    agent, _ = optimised(lambda a, k: jax.lax.scan(clone, a, k))(
         agent, jax.random.split(jax.random.key(1), 300)
     )
     before = bimodal_scores(agent)
-    agent, (rewards, clipped) = jax.jit(lambda a, k: jax.lax.scan(iteration, a, k))(
+    agent, (rewards, clipped) = optimised(lambda a, k: jax.lax.scan(iteration, a, k))(
         agent, jax.random.split(jax.random.key(2), 25)
     )
     reward, minority = bimodal_scores(agent)

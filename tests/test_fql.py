@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_reward, np_, random_batch
+from agent_helpers import bimodal_batch, bimodal_reward, np_, optimised, random_batch
 from gymnasium.spaces import Box
 
 from o2o.agents.fql import FQL, FQLConfig
@@ -93,7 +93,7 @@ def test_bimodal_known_answer():
     def step(agent, key):
         return agent.update(bimodal_batch(key))
 
-    run = jax.jit(lambda a, keys: jax.lax.scan(step, a, keys))
+    run = optimised(lambda a, keys: jax.lax.scan(step, a, keys))
     agent, _ = run(agent, jax.random.split(jax.random.key(1), 2500))
     obs = jax.random.normal(jax.random.key(7), (512, 3))
     actions = agent.sample_actions(obs, jax.random.key(8), deterministic=True)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_reward, np_, random_batch
+from agent_helpers import bimodal_batch, bimodal_reward, np_, optimised, random_batch
 from gymnasium.spaces import Box
 
 from o2o.agents.idql import (
@@ -165,7 +165,7 @@ def train(agent, steps: int):
     def step(agent, key):
         return agent.update(bimodal_batch(key, n=128))
 
-    run = jax.jit(lambda a, keys: jax.lax.scan(step, a, keys))
+    run = optimised(lambda a, keys: jax.lax.scan(step, a, keys))
     return run(agent, jax.random.split(jax.random.key(1), steps))
 
 

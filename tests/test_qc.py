@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from agent_helpers import bimodal_batch, bimodal_scores, np_
+from agent_helpers import bimodal_batch, bimodal_scores, np_, optimised
 from gymnasium.spaces import Box
 
 from o2o.agents.base import Needs
@@ -116,7 +116,7 @@ def test_horizon_one_best_of_n_solves_the_bimodal_task():
     def step(agent, key):
         return agent.update(bimodal_batch(key, n=128, explore=0.3))
 
-    run = jax.jit(lambda a, keys: jax.lax.scan(step, a, keys))
+    run = optimised(lambda a, keys: jax.lax.scan(step, a, keys))
     agent, info = run(agent, jax.random.split(jax.random.key(1), 500))
     assert float(info["critic_loss"][-100:].mean()) < float(info["critic_loss"][:100].mean())
     score, minority = bimodal_scores(agent)
