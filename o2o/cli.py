@@ -19,7 +19,7 @@ import tyro
 
 from o2o.agents import AGENTS
 from o2o.checkpoint import RunDirectoryInUse
-from o2o.data.formats import FORMATS, load_dataset, save_dataset
+from o2o.data.formats import FORMATS, SAVERS, load_dataset, save_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset
 from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task, parse_task
 from o2o.logging import console
@@ -182,11 +182,13 @@ def dataset_command(argv: list[str]) -> None:
     info.add_argument("--seed", type=at_least(0), default=0, help="for TASK-LEVEL names")
     info.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table")
     info.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    _add_robomimic_flags(info)
     convert = sub.add_parser("convert", help="rewrite a dataset in another format")
     convert.add_argument("src", type=Path)
     convert.add_argument("dst", type=Path)
-    convert.add_argument("--to", choices=FORMATS, default=None, help="default: from dst suffix")
+    convert.add_argument("--to", choices=SAVERS, default=None, help="default: from dst suffix")
     convert.add_argument("--from", dest="src_format", choices=FORMATS, default=None)
+    _add_robomimic_flags(convert)
     convert.add_argument(
         "--task",
         default=None,
@@ -196,7 +198,7 @@ def dataset_command(argv: list[str]) -> None:
     from_run = sub.add_parser("from-run", help="a training run's replay buffer as a dataset")
     from_run.add_argument("run", type=Path, help="run directory (with checkpoints/latest)")
     from_run.add_argument("dst", type=Path)
-    from_run.add_argument("--to", choices=FORMATS, default=None, help="default: from dst suffix")
+    from_run.add_argument("--to", choices=SAVERS, default=None, help="default: from dst suffix")
     args = parser.parse_args(argv)
     if args.action == "make":
         dataset, path = make_dataset(args.name, args.size, args.seed)
@@ -228,7 +230,7 @@ def dataset_command(argv: list[str]) -> None:
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)
         print_dataset_table([dataset_row(str(path), dataset, task)])
     else:
-        dataset, meta, task = _read_for_task(args.src, args.task, args.src_format)
+        dataset, meta, task = _read_for_task(args.src, args.task, args.src_format, _robomimic(args))
         if task is not None:
             meta = meta | {"task": task.name}
         path = save_dataset(dataset, args.dst, format=args.to, meta=meta)
@@ -301,11 +303,13 @@ def _levels_help() -> str:
     return "; ".join(f"{name}: {', '.join(task.levels)}" for name, task in TASKS.items())
 
 
-def _read_for_task(path: Path, task_name: str | None, format: str | None = None):
+def _read_for_task(
+    path: Path, task_name: str | None, format: str | None = None, options: dict | None = None
+):
     """(dataset, meta, task): the file read and checked as `o2o train` checks it
     (`Task.check_dataset`) against `task_name` or the task its metadata names; with neither,
-    the format's own checks only (task None)."""
-    dataset, meta = load_dataset(path, format=format)
+    the format's own checks only (task None). `options`: the robomimic reader's."""
+    dataset, meta = load_dataset(path, format=format, options=options)
     task_name = task_name or meta.get("task")
     if task_name is None:
         return dataset, meta, None
@@ -313,11 +317,29 @@ def _read_for_task(path: Path, task_name: str | None, format: str | None = None)
     return task.check_dataset(dataset), meta, task
 
 
+def _add_robomimic_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--obs-keys",
+        nargs="+",
+        default=None,
+        help="robomimic: observation keys, in order (default: all, sorted)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="robomimic: the demos of this mask/ filter (default: train, where the file has one)",
+    )
+
+
+def _robomimic(args: argparse.Namespace) -> dict:
+    return {"obs_keys": args.obs_keys, "split": args.split}
+
+
 def _info_row(spec: str, args: argparse.Namespace) -> dict:
     if not Path(spec).exists() and (Path(spec).suffix or "/" in spec):
         raise FileNotFoundError(f"{spec}: no such dataset file or folder")
     if Path(spec).exists():
-        dataset, _, task = _read_for_task(Path(spec), args.task)
+        dataset, _, task = _read_for_task(Path(spec), args.task, options=_robomimic(args))
         return dataset_row(spec, dataset, task)
     dataset, _ = make_dataset(spec, args.size, args.seed)
     return dataset_row(spec, dataset, get_task(spec))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from o2o.cli import main as cli_main
 from o2o.data.dataset import FIELDS, Dataset, DatasetError
-from o2o.data.formats import FORMATS, detect_format, load_dataset, save_dataset
+from o2o.data.formats import SAVERS, detect_format, load_dataset, save_dataset
 
 
 def episodes_dataset() -> Dataset:
@@ -39,7 +39,7 @@ def assert_same(a: Dataset, b: Dataset) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
-@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("format", SAVERS)
 def test_round_trip_every_format(tmp_path, format):
     data = episodes_dataset()
     target = tmp_path / (
@@ -285,3 +285,58 @@ def test_any_npz_is_read_whole_or_refused_naming_the_file(tmp_path, data):
     for name in FIELDS:
         value = getattr(dataset, name)
         assert len(value) == len(dataset) and np.isfinite(value.astype(np.float32)).all()
+
+
+def robomimic_file(path, drop: str | None = None):
+    """Three demos (2 train, 1 valid) in robomimic's layout; `drop` leaves a field out."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift"})
+        for i, (steps, done) in enumerate(((4, True), (3, False), (2, True))):
+            demo = data.create_group(f"demo_{i}")
+            states = {"robot0_eef_pos": (steps + 1, 3), "object": (steps + 1, 2)}
+            for key, shape in states.items():
+                value = rng.normal(size=shape).astype(np.float32)
+                demo[f"obs/{key}"], demo[f"next_obs/{key}"] = value[:-1], value[1:]
+            demo["actions"] = rng.uniform(-1, 1, (steps, 2)).astype(np.float32)
+            demo["rewards"] = np.arange(steps, dtype=np.float32)
+            demo["dones"] = (np.arange(steps) == steps - 1) & done
+            if drop is not None:
+                del demo[drop]
+        f["mask/train"] = np.array([b"demo_0", b"demo_1"])
+        f["mask/valid"] = np.array([b"demo_2"])
+    return path
+
+
+def test_robomimic_demonstrations_are_read_by_split_and_keys(tmp_path, capsys):
+    path = robomimic_file(tmp_path / "lift.hdf5")
+    assert detect_format(path) == "robomimic"
+    data, meta = load_dataset(path)  # the train split, every key in sorted order
+    assert len(data) == 4 + 3 and data.observation_dim == 5
+    np.testing.assert_array_equal(data.terminals, [0, 0, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(data.timeouts, [0, 0, 0, 0, 0, 0, 1])  # demo_1 ends undone
+    assert [(s.start, s.stop) for s in data.episodes()] == [(0, 4), (4, 7)]
+    assert meta["observation_keys"] == ["object", "robot0_eef_pos"]
+    assert meta["robomimic_split"] == "train" and meta["robomimic_env_args"]["env_name"] == "Lift"
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(
+            data.observations[:4, 2:], f["data/demo_0/obs/robot0_eef_pos"]
+        )
+    valid, _ = load_dataset(path, options={"split": "valid", "obs_keys": ["robot0_eef_pos"]})
+    assert len(valid) == 2 and valid.observation_dim == 3 and valid.terminals[-1]
+    out = tmp_path / "lift.npz"
+    cli_main(["dataset", "convert", str(path), str(out), "--split", "valid"])
+    assert len(load_dataset(out)[0]) == 2
+    with pytest.raises(SystemExit) as stop:  # robomimic flags on another format
+        cli_main(["dataset", "info", str(out), "--obs-keys", "object"])
+    assert stop.value.code == 2 and "robomimic files only" in capsys.readouterr().err
+
+
+def test_a_malformed_robomimic_file_is_named(tmp_path):
+    path = robomimic_file(tmp_path / "broken.hdf5", drop="actions")
+    with pytest.raises(DatasetError, match=r"broken\.hdf5:data/demo_0: field 'actions': missing"):
+        load_dataset(path)
+    path = robomimic_file(tmp_path / "keys.hdf5")
+    with pytest.raises(DatasetError, match=r"field 'gripper': missing \(keys: \['object'"):
+        load_dataset(path, options={"obs_keys": ["gripper"]})

@@ -6,6 +6,7 @@
 | d4rl    | `.hdf5` of flat arrays (`env.get_dataset()`)        | `.hdf5`/`.h5` without episodes |
 | minari  | folder with `data/main_data.hdf5`, `episode_ID` groups | a folder, or episode groups |
 | ogbench | `.npz` with trajectory-end `terminals`              | `.npz` with `masks`            |
+| robomimic | `.hdf5` with `data/demo_N` groups (read only)     | `data/demo_*` groups           |
 
 Detection goes by what a file holds, never by what it lacks: the two `.npz` layouts give
 `terminals` different meanings (a true terminal; the end of a trajectory), so a file that shows
@@ -331,6 +332,93 @@ def save_ogbench(dataset: Dataset, path: str | Path, meta: dict | None = None) -
     return path
 
 
+# --- robomimic (.hdf5 demonstrations) ------------------------------------------------------------
+
+
+def load_robomimic(
+    path: str | Path,
+    action_low: np.ndarray | float | None = None,
+    action_high: np.ndarray | float | None = None,
+    obs_keys: list[str] | None = None,
+    split: str | None = "train",
+) -> tuple[Dataset, dict]:
+    """Read robomimic demonstrations (`data/demo_N/{obs/*, next_obs/*, actions, rewards,
+    dones}`), the robot-log layout of robomimic and robosuite.
+
+    Observations are the `obs_keys` (default: every key, sorted) flattened per step and
+    concatenated in the order given; `dones` become `terminals`, and a demo's last step without
+    one a time-out. `split` names a filter in `mask/` (robomimic's `train`/`valid`): only its
+    demos are read; a file without that mask gives all of them (None: all, always). The metadata
+    records the keys, the split and robomimic's `env_args`.
+    """
+    path = Path(path)
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+    with _open_hdf5(path) as f:
+        if "data" not in f or not isinstance(f["data"], h5py.Group):
+            raise DatasetError(
+                str(path), "data", "missing", "point to a robomimic demonstration file"
+            )
+        names = sorted((k for k in f["data"] if k.startswith("demo_")), key=lambda k: int(k[5:]))
+        used_split = split if split is not None and f"mask/{split}" in f else None
+        if used_split is not None:
+            chosen = {n.decode() if isinstance(n, bytes) else str(n) for n in f["mask"][split][()]}
+            names = [n for n in names if n in chosen]
+        if not names:
+            raise DatasetError(
+                str(path),
+                "data/demo_*",
+                "no demonstrations" + (f" in split '{split}'" if used_split else ""),
+                "point to a robomimic file with demonstrations, or pick another split",
+            )
+        keys = obs_keys or sorted(f["data"][names[0]]["obs"])
+        for name in names:
+            demo, source = f["data"][name], f"{path}:data/{name}"
+            for field in ("obs", "actions", "rewards", "dones"):
+                if field not in demo:
+                    raise DatasetError(source, field, "missing", "re-create the robomimic file")
+            steps = len(demo["actions"])
+            obs = _robomimic_obs(demo["obs"], keys, steps, f"{source}/obs")
+            if "next_obs" in demo:
+                next_obs = _robomimic_obs(demo["next_obs"], keys, steps, f"{source}/next_obs")
+            else:  # the following step's; the last step has none and is dropped
+                obs, next_obs, steps = obs[:-1], obs[1:], steps - 1
+            read = {k: _read_field(demo, k, source) for k in ("actions", "rewards", "dones")}
+            terminals = read["dones"].reshape(-1)[:steps].astype(bool)
+            timeouts = np.zeros(steps, bool)
+            timeouts[-1] = not terminals[-1]
+            columns["observations"].append(obs)
+            columns["next_observations"].append(next_obs)
+            columns["actions"].append(read["actions"].reshape(len(read["actions"]), -1)[:steps])
+            columns["rewards"].append(read["rewards"].reshape(-1)[:steps])
+            columns["terminals"].append(terminals)
+            columns["timeouts"].append(timeouts)
+        env_args = f["data"].attrs.get("env_args")
+    meta = {"observation_keys": list(keys), "robomimic_split": used_split}
+    if env_args is not None:
+        meta["robomimic_env_args"] = _meta(env_args, path)
+    arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
+    return Dataset.from_arrays(arrays, str(path), action_low, action_high), meta
+
+
+def _robomimic_obs(group: h5py.Group, keys: list[str], steps: int, source: str) -> np.ndarray:
+    """The `keys` of an observation group, each flattened per step, side by side."""
+    missing = [k for k in keys if k not in group]
+    if missing:
+        raise DatasetError(
+            source, missing[0], f"missing (keys: {sorted(group)})", "choose keys the file has"
+        )
+    parts = [_read_field(group, k, source) for k in keys]
+    for key, part in zip(keys, parts, strict=True):
+        if np.ndim(part) == 0 or len(part) != steps:
+            raise DatasetError(
+                source,
+                key,
+                f"has shape {np.shape(part)} for {steps} actions",
+                "store one row per step",
+            )
+    return np.concatenate([part.reshape(steps, -1) for part in parts], axis=-1)
+
+
 # --- dispatch -----------------------------------------------------------------------------------
 
 LOADERS = {
@@ -338,6 +426,7 @@ LOADERS = {
     "d4rl": load_d4rl_hdf5,
     "minari": load_minari,
     "ogbench": load_ogbench,
+    "robomimic": load_robomimic,
 }
 SAVERS = {
     "native": save_native,
@@ -359,7 +448,14 @@ def detect_format(path: str | Path) -> str:
         return "minari"
     if path.suffix in _HDF5_SUFFIXES:
         with _open_hdf5(path) as f:
-            return "minari" if any(k.startswith("episode_") for k in f) else "d4rl"
+            if any(k.startswith("episode_") for k in f):
+                return "minari"
+            robomimic = isinstance(f.get("data"), h5py.Group)
+            return (
+                "robomimic"
+                if robomimic and any(k.startswith("demo_") for k in f["data"])
+                else "d4rl"
+            )
     if path.suffix == NATIVE_SUFFIX:
         return _npz_format(path, set(_read_npz(path, names_only=True)))
     raise ValueError(
@@ -396,12 +492,18 @@ def load_dataset(
     action_low: np.ndarray | float | None = None,
     action_high: np.ndarray | float | None = None,
     format: str | None = None,
+    options: dict | None = None,
 ) -> tuple[Dataset, dict]:
-    """Read a dataset in any supported format (detected when `format` is None)."""
+    """Read a dataset in any supported format (detected when `format` is None); `options` go
+    to the robomimic reader (`obs_keys`, `split`), the only one that takes any."""
     format = format or detect_format(path)
     if format not in LOADERS:
         raise ValueError(f"unknown dataset format '{format}'; known: {', '.join(FORMATS)}")
-    return LOADERS[format](path, action_low, action_high)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if options and format != "robomimic":
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in options)
+        raise ValueError(f"{path}: {flags} apply to robomimic files only; this one is {format}")
+    return LOADERS[format](path, action_low, action_high, **options)
 
 
 def save_dataset(
@@ -415,7 +517,7 @@ def save_dataset(
             "d4rl" if path.suffix in _HDF5_SUFFIXES else "minari" if not path.suffix else "native"
         )
     if format not in SAVERS:
-        raise ValueError(f"unknown dataset format '{format}'; known: {', '.join(FORMATS)}")
+        raise ValueError(f"cannot write format '{format}'; writable: {', '.join(SAVERS)}")
     return SAVERS[format](dataset, path, meta)
 
 
