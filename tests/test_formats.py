@@ -340,3 +340,18 @@ def test_a_malformed_robomimic_file_is_named(tmp_path):
     path = robomimic_file(tmp_path / "keys.hdf5")
     with pytest.raises(DatasetError, match=r"field 'gripper': missing \(keys: \['object'"):
         load_dataset(path, options={"obs_keys": ["gripper"]})
+
+
+def test_the_minari_package_reads_what_o2o_writes(tmp_path):
+    minari = pytest.importorskip("minari", reason="the minari package is not installed")
+    data = episodes_dataset()
+    path = save_dataset(data, tmp_path / "toy", format="minari", meta={"name": "o2o/toy"})
+    read = minari.MinariDataset(path / "data")
+    assert read.total_episodes == 3 and read.total_steps == len(data)
+    assert read.spec.dataset_id == "o2o/toy-v0"
+    for episode, steps in zip(read.iterate_episodes(), data.episodes(), strict=True):
+        np.testing.assert_array_equal(episode.observations[:-1], data.observations[steps])
+        np.testing.assert_array_equal(episode.observations[1:], data.next_observations[steps])
+        np.testing.assert_array_equal(episode.actions, data.actions[steps])
+        np.testing.assert_array_equal(episode.rewards, data.rewards[steps])
+        np.testing.assert_array_equal(episode.terminations, data.terminals[steps])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,7 +220,8 @@ def load_minari(
 
 
 def save_minari(dataset: Dataset, path: str | Path, meta: dict | None = None) -> Path:
-    """Write a Minari-layout folder: one episode group per o2o episode.
+    """Write a Minari dataset folder (`data/main_data.hdf5` and `data/metadata.json`, readable by
+    the `minari` package: `minari.MinariDataset(path / "data")`): one episode per o2o episode.
 
     An episode that ends without a terminal is stored as truncated (Minari has no other way to
     say "cut"); its T+1-th observation is the last `next_observations` row.
@@ -247,15 +249,33 @@ def save_minari(dataset: Dataset, path: str | Path, meta: dict | None = None) ->
         f.attrs["total_episodes"] = len(episodes)
         f.attrs["total_steps"] = len(dataset)
     tmp.replace(file)
+    name = (meta or {}).get("name", path.name)
+    low = np.minimum(dataset.actions.min(0), -1.0)  # the unit box, or wider if the data is
+    high = np.maximum(dataset.actions.max(0), 1.0)
     metadata = {
-        "dataset_id": (meta or {}).get("name", path.name),
+        "dataset_id": name if re.search(r"-v\d+$", name) else f"{name}-v0",
+        "minari_version": MINARI_FORMAT_VERSION,
         "total_episodes": len(episodes),
         "total_steps": len(dataset),
         "data_format": "hdf5",
+        "observation_space": _box_json(
+            np.full(dataset.observation_dim, -np.inf), np.full(dataset.observation_dim, np.inf)
+        ),
+        "action_space": _box_json(low, high),
         "o2o_meta": meta or {},
     }
     (path / "data" / "metadata.json").write_text(json.dumps(metadata, indent=1))
     return path
+
+
+# The Minari dataset format o2o writes (the `minari` package reads it: tests/test_formats.py).
+MINARI_FORMAT_VERSION = "0.5.0"
+
+
+def _box_json(low: np.ndarray, high: np.ndarray) -> str:
+    """A float32 Box as Minari serialises spaces in its metadata (a JSON string)."""
+    box = {"type": "Box", "dtype": "float32", "shape": [len(low)]}
+    return json.dumps(box | {"low": [float(x) for x in low], "high": [float(x) for x in high]})
 
 
 # --- OGBench (.npz) -----------------------------------------------------------------------------
