@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from o2o.logging import console
+
 MANIFEST = "manifest.json"
 FILES = ("state.npz", "progress.json")
 LOCK_FILE = "lock"
@@ -101,6 +103,14 @@ def find_checkpoint(directory: Path) -> Path | None:
         if candidate.exists() and verifies(candidate):
             return candidate
     return None
+
+
+def checkpoint_to_resume(directory: Path) -> Path | None:
+    """`find_checkpoint`, saying so when the one found is not the latest save."""
+    found = find_checkpoint(directory)
+    if found is not None and found != Path(directory):
+        console.print(f"[yellow]{directory} was not whole: using {found}")
+    return found
 
 
 def _sibling(directory: Path, suffix: str) -> Path:

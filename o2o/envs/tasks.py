@@ -111,13 +111,22 @@ class Task:
             )
         return env
 
-    def check_dataset(self, dataset: Dataset) -> Dataset:
+    def spaces(self) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+        """The environment's observation and action spaces (`base_env`'s)."""
+        env = self.base_env()
+        try:
+            return env.observation_space, env.action_space
+        finally:
+            env.close()
+
+    def check_dataset(
+        self, dataset: Dataset, spaces: tuple[gym.spaces.Box, gym.spaces.Box] | None = None
+    ) -> Dataset:
         """`dataset` if it fits this task, as `o2o train`, `o2o dataset info` and `o2o dataset
         convert` all check it (after the format's own checks): observations and actions of the
-        environment's dimensions, actions within its bounds; else DatasetError/ValueError."""
-        env = self.base_env()
-        obs_space, act_space = env.observation_space, env.action_space
-        env.close()
+        environment's dimensions, actions within its bounds; else DatasetError/ValueError.
+        `spaces`: the task's (`spaces()`), when the caller has them already."""
+        obs_space, act_space = spaces or self.spaces()
         for what, got, want in (
             ("observations", dataset.observation_dim, obs_space.shape[0]),
             ("actions", dataset.action_dim, act_space.shape[0]),

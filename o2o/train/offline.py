@@ -18,7 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from o2o.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from o2o.checkpoint import (
+    checkpoint_to_resume,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from o2o.data.buffer import ReplayBuffer
 from o2o.data.dataset import Dataset
 from o2o.envs.tasks import Task
@@ -134,10 +139,8 @@ class OfflineLoop:
         keys = [jax.random.key(seed + 2) for seed in self.seeds]
         self.progress = [OfflineProgress() for _ in self.seeds]
         for k, run_dir in enumerate(self.run_dirs):
-            found = find_checkpoint(checkpoint_dir(run_dir))
+            found = checkpoint_to_resume(checkpoint_dir(run_dir))
             if found is not None:
-                if found != checkpoint_dir(run_dir):
-                    console.print(f"[yellow]{checkpoint_dir(run_dir)} was not whole: using {found}")
                 (agents[k], keys[k]), saved = load_checkpoint(found, (agents[k], keys[k]))
                 self.progress[k] = OfflineProgress(**saved)
         done = {progress.updates for progress in self.progress}

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o.agents.base import Needs
-from o2o.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, stored_shapes
+from o2o.checkpoint import checkpoint_to_resume, load_checkpoint, save_checkpoint, stored_shapes
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
@@ -151,13 +151,6 @@ class OnlineLoop:
     def checkpoint_dir(self) -> Path:
         return online_checkpoint_dir(self.run_dir)
 
-    def saved_checkpoint(self) -> Path | None:
-        """The newest whole online checkpoint (saying so when it is not the latest save)."""
-        found = find_checkpoint(self.checkpoint_dir)
-        if found is not None and found != self.checkpoint_dir:
-            console.print(f"[yellow]{self.checkpoint_dir} was not whole: using {found}")
-        return found
-
     def run(self) -> RunProgress:
         cfg = self.agent.config
         self.horizon = self.needs.horizon
@@ -226,7 +219,7 @@ class OnlineLoop:
         self.progress = RunProgress(buffer_capacity=capacity)
         self.buffer = ReplayBuffer.create(example, capacity)
         self.np_rng = np.random.default_rng(self.seed)
-        found = self.saved_checkpoint()
+        found = checkpoint_to_resume(self.checkpoint_dir)
         if found is None:
             return False
         saved = json.loads((found / "progress.json").read_text())

@@ -23,7 +23,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from o2o.checkpoint import load_checkpoint
+from o2o.checkpoint import checkpoint_to_resume, load_checkpoint
 from o2o.train.online import OnlineLoop, RunProgress, episode_record
 
 
@@ -45,7 +45,7 @@ class OnPolicyLoop(OnlineLoop):
     def _restore(self) -> bool:
         self.key = jax.random.key(self.seed + 1)
         self.progress = RunProgress()
-        found = self.saved_checkpoint()
+        found = checkpoint_to_resume(self.checkpoint_dir)
         if found is not None:
             template = (self.agent, self.key)
             (self.agent, self.key), saved = load_checkpoint(found, template)

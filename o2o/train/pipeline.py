@@ -288,9 +288,7 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             f"--task {config.task} names a dataset and --dataset gives another; use --task "
             f"{task.name} with --dataset, or drop --dataset"
         )
-    env = task.make_env()
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
+    obs_space, act_space = task.spaces()  # no observation normaliser yet: make_env's too
     agents = [spec.agent_cls.create(config.agent, obs_space, act_space, seed) for seed in seeds]
     needs = {phase: agents[0].needs(phase) for phase in PHASES}
     if config.save_policies and needs["online"].policy_format is None:
@@ -312,7 +310,7 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
 
     dataset = None
     if config.dataset is not None:
-        dataset = task.check_dataset(load_dataset(config.dataset)[0])
+        dataset = task.check_dataset(load_dataset(config.dataset)[0], (obs_space, act_space))
     elif level is not None:
         dataset, _ = make_dataset(config.task, config.dataset_size)
     buffers = {phase: None for phase in PHASES}  # the dataset as each phase's batches see it
