@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,robotics,report,ogbench,ray,minari]"
+	$(BIN)/pip install -q -e ".[dev,robotics,report,ogbench,ray,minari,export]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -156,12 +156,17 @@ def stored_shapes(directory: Path) -> list[tuple[int, ...]]:
         return [npz[f"leaf_{i}"].shape for i in range(len(npz.files))]
 
 
-def load_checkpoint(directory: Path, template: Any) -> tuple[Any, dict[str, Any]]:
-    """Restore a pytree shaped like `template`, and the progress counters."""
+def load_checkpoint(
+    directory: Path, template: Any, leading: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """Restore a pytree shaped like `template`, and the progress counters. `leading`: the
+    template is only the checkpoint's first part (the agent of an (agent, buffer, key) tuple),
+    and the rest is left unread."""
     directory = Path(directory)
     leaves, treedef = jax.tree.flatten(template)
     with np.load(directory / "state.npz") as npz:
-        stored = [npz[f"leaf_{i}"] for i in range(len(npz.files))]
+        count = min(len(npz.files), len(leaves)) if leading else len(npz.files)
+        stored = [npz[f"leaf_{i}"] for i in range(count)]
     if len(stored) != len(leaves):
         raise ValueError(
             f"{directory}: checkpoint holds {len(stored)} arrays but this config expects "

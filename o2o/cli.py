@@ -1,5 +1,5 @@
 """The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert|from-run`,
-`o2o report`, `o2o sweep`.
+`o2o report`, `o2o sweep`, `o2o export`.
 
 `o2o train --algo NAME --task TASK ...` reads the algorithm, the task and `--preset` first, so
 that every other flag (including `--agent.*` hyperparameters) shows and defaults to that
@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import tyro
 
 from o2o.agents import AGENTS
@@ -35,6 +36,7 @@ from o2o.train.pipeline import (
     seed_configs,
     train,
     train_together,
+    trained_agent,
 )
 
 DEMO_DESCRIPTION = (
@@ -52,6 +54,8 @@ commands:
           self-contained HTML and Markdown
   sweep   SPEC.toml [--workers N | --ray-address auto]: a study of tasks x algos x seeds, with
           its table and report
+  export  RUN_DIR [--out policy.onnx]: the trained policy as an ONNX graph (raw observation
+          in, action in the environment's units out), checked with onnxruntime
 
 `o2o COMMAND --help` lists a command's flags; --debug shows an error's traceback."""
 
@@ -345,18 +349,87 @@ def _info_row(spec: str, args: argparse.Namespace) -> dict:
     return dataset_row(spec, dataset, get_task(spec))
 
 
+# Observations the exported policy is checked on: a random-action episode's, from these resets.
+EXPORT_CHECK_STEPS = 200
+
+
+def export_command(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="o2o export",
+        description="Write a run's trained policy as an ONNX graph: raw observation in, action "
+        "in the environment's units out (the run's observation normalisation folded in); flow "
+        "agents take their noise as inputs (see o2o/export.py). Checked against o2o's own "
+        "actions with onnxruntime. Needs the 'export' extra.",
+    )
+    parser.add_argument("run", type=Path, help="run directory")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/policy.onnx")
+    parser.add_argument(
+        "--phase",
+        choices=("offline", "online"),
+        default=None,
+        help="whose checkpoint (default: the online phase's if the run has one)",
+    )
+    args = parser.parse_args(argv)
+    from o2o import export  # its converter is an optional extra
+
+    config = load_config(args.run)
+    agent, phase, progress = trained_agent(args.run, args.phase)
+    task = run_task(args.run)
+    io = export.PolicyIO.of(task)
+    metadata = {
+        "algo": config.algo,
+        "task": config.task,
+        "run": str(args.run),
+        "phase": phase,
+        "progress": {k: v for k, v in progress.items() if isinstance(v, int)},
+        "action_dim": len(io.action_low),
+        "horizon": int(agent.needs(phase).horizon),
+    }
+    out = export.export_onnx(agent, io, args.out or args.run / "policy.onnx", metadata)
+    policy = export.OnnxPolicy(out)
+    observations = _observations_to_check(task)
+    difference = export.max_difference(agent, io, policy, observations)
+    inputs = ", ".join(policy.input_names)
+    console.print(
+        f"{out}: {config.algo} ({phase} checkpoint), inputs {inputs}; onnxruntime's actions "
+        f"differ from o2o's by at most {difference:.2g} on {len(observations)} observations"
+    )
+    if not difference <= 1e-4:
+        raise ValueError(
+            f"{out}: the exported policy's actions differ from o2o's by {difference:.3g} "
+            "(more than 1e-4); please report this with the run's config.json"
+        )
+    print(out)
+    return out
+
+
+def _observations_to_check(task) -> np.ndarray:
+    """Raw observations of one random-action episode (resets as needed), seeded."""
+    env, rng = task.base_env(), np.random.default_rng(0)
+    obs, seen = env.reset(seed=0)[0], []
+    env.action_space.seed(0)
+    for _ in range(EXPORT_CHECK_STEPS):
+        seen.append(obs)
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs = env.reset(seed=int(rng.integers(2**31)))[0]
+    env.close()
+    return np.asarray(seen, np.float32)
+
+
 COMMANDS = {
     "train": train_command,
     "demo": demo_command,
     "dataset": dataset_command,
     "report": report_command,
     "sweep": sweep_command,
+    "export": export_command,
 }
 
 
 # What a user can fix (a file, a flag, a directory, the disk): one line and exit status 2.
 # Anything else is a bug in o2o and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, RunDirectoryInUse)
+USER_ERRORS = (ValueError, OSError, RunDirectoryInUse, ImportError)  # ImportError: an extra
 _OS_FIXES = {
     errno.ENOSPC: "the disk is full: free space, or give --out on another disk (a run resumes "
     "from its last checkpoint)",

@@ -4,6 +4,7 @@ a short fine-tune (offline -> switch -> online) through the CLI in which the dat
 the loops honour what the agent declares it needs."""
 
 import dataclasses
+import importlib.util
 
 import gymnasium as gym
 import jax
@@ -36,6 +37,8 @@ VMAPPED = {"edac", "cql", "iql", "rebrac", "fql", "qc"}
 # Through the CLI, one recipe per agent class and loop suffices: naive, sac-n and edac are
 # SAC with other fields (rlpd and sac cover its two data mixes), bc-det is BC.
 FINE_TUNED = sorted(set(CASES) - {"naive", "sac-n", "edac", "bc-det"})
+# Whether the 'export' extra is installed (the fine-tuned runs are then exported too).
+EXPORTABLE = all(importlib.util.find_spec(m) for m in ("jax2onnx", "onnxruntime"))
 
 
 def tiny(algo: str, config=None, **changes):
@@ -180,6 +183,9 @@ def test_each_kind_of_agent_fine_tunes_from_the_cli(case, tmp_path):
     env = gym.make("Hopper-v5")
     agent = AGENTS[algo].agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
     needs = agent.needs("online")
+    if EXPORTABLE:  # the fine-tuned policy as ONNX; the command checks it against o2o's
+        main(["export", str(out)])  # exits with status 2 if the actions differ
+        assert (out / "policy.onnx").exists()
     if needs.loop == "on_policy":
         with pytest.raises(ValueError, match="on-policy"):
             replay_transitions(out)

@@ -2,6 +2,7 @@
 the bimodal known answer where IQL fails, the frozen actor online, config errors, registry."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -109,11 +110,13 @@ act = jax.jit(lambda agent, obs, key: agent.sample_actions(obs, key))
 ROWS = 2000  # states per selection test (one shape: one compilation of the by-hand candidates)
 
 
-@jax.jit
-def candidates_by_hand(agent, obs, key):
-    """The flow's candidates from the EMA actor and their min target-critic Q, [n, N]."""
+@functools.partial(jax.jit, static_argnums=3)
+def candidates_by_hand(agent, obs, key, with_uniform: bool = False):
+    """The flow's candidates from the EMA actor and their min target-critic Q, [n, N]. Their
+    noise comes from `key` itself, or with expectile selection (which also draws a uniform)
+    from the first of two keys split from it (`o2o.agents.base.draw_noise`)."""
     n = agent.config.num_samples
-    key_noise, _ = jax.random.split(key)
+    key_noise = jax.random.split(key)[0] if with_uniform else key
     tiled = jnp.repeat(obs[:, None], n, axis=1)
     noise = jax.random.normal(key_noise, (obs.shape[0], n, 2))
     cands = flow_actions(agent.actor.apply_fn, agent.target_actor_params, tiled, noise, 3)
@@ -144,7 +147,7 @@ def test_expectile_selection_resamples_by_the_expectile_weights(agent):
     expectile = dataclasses.replace(agent.config, selection="expectile")
     obs = jnp.ones((ROWS, 3))
     key = jax.random.key(2)
-    cands, q = map(np_, candidates_by_hand(agent, obs, key))
+    cands, q = map(np_, candidates_by_hand(agent, obs, key, True))
     v0 = float(agent.value.apply_fn(agent.value.params, obs[:1])[0])
     params = jax.tree.map(lambda p: p, agent.value.params)  # a copy to edit
     params["params"]["Dense_0"]["bias"] += np.median(q) - v0

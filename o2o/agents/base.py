@@ -11,6 +11,11 @@ An agent is an immutable pytree (`flax.struct.PyTreeNode`); see DESIGN.md:
   provide: the data layer, the loops and the pipeline read it and never inspect an agent's
   config fields or class to guess.
 
+Agents whose acting draws noise even when deterministic (the flows: FQL, IDQL, QC, flow BC,
+FPO) act through `ActsFromNoise`: `noise_shapes(batch_shape)` names the noise one decision draws
+and `actions_from_noise(obs, noise)` is the rest, a deterministic function, so an exported policy
+(`o2o.export`) can take the noise as an input and reproduce o2o's actions exactly.
+
 Chunked agents (QC) need a `horizon` > 1: `sample_actions` returns that many actions flattened
 step-major, [..., horizon * A], executed open-loop; `q_values` takes such chunks; batches are
 windows of `horizon` steps (`o2o.data.buffer.ReplayBuffer.sample_windows`).
@@ -139,6 +144,43 @@ class Agent(Protocol):
     def on_switch(self, config: Any = None) -> Agent: ...
 
     def needs(self, phase: Phase) -> Needs: ...
+
+
+NOISE_KINDS = ("normal", "uniform")  # standard normal; uniform on [0, 1)
+
+
+def draw_noise(key: jax.Array, shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.Array]:
+    """Noise of the given shapes, each entry of the distribution its name says (`NOISE_KINDS`):
+    one key per entry in the order of `NOISE_KINDS`, `key` itself when there is one entry."""
+    kinds = [kind for kind in NOISE_KINDS if kind in shapes]
+    unknown = set(shapes) - set(kinds)
+    if unknown:
+        raise ValueError(f"noise {sorted(unknown)}: the kinds are {', '.join(NOISE_KINDS)}")
+    keys = [key] if len(kinds) == 1 else list(jax.random.split(key, len(kinds)))
+    draw = {"normal": jax.random.normal, "uniform": jax.random.uniform}
+    return {kind: draw[kind](k, shapes[kind]) for kind, k in zip(kinds, keys, strict=True)}
+
+
+class ActsFromNoise:
+    """Mixin for agents whose action is a deterministic function of the observation and noise
+    drawn at each decision; they define `noise_shapes` and `actions_from_noise`."""
+
+    def noise_shapes(self, batch_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The noise one decision for observations of `batch_shape` draws, by kind."""
+        raise NotImplementedError
+
+    def actions_from_noise(self, observations: jax.Array, noise: dict[str, jax.Array]) -> jax.Array:
+        """The actions for `observations` given the decision's noise (`noise_shapes`)."""
+        raise NotImplementedError
+
+    def sample_actions(
+        self, observations: jax.Array, key: jax.Array, deterministic: bool = False
+    ) -> jax.Array:
+        """`actions_from_noise` with noise drawn from `key`; `deterministic` changes nothing
+        (a flow has no mode to return: starting from zero noise lands between symmetric
+        modes), so evaluation passes a fixed key sequence."""
+        shapes = self.noise_shapes(observations.shape[:-1])
+        return self.actions_from_noise(observations, draw_noise(key, shapes))
 
 
 def compiled_create(create):

@@ -26,7 +26,14 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
+from o2o.agents.base import (
+    ActsFromNoise,
+    Needs,
+    Phase,
+    compiled_create,
+    register,
+    scan_update_steps,
+)
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
 
@@ -49,7 +56,7 @@ class FlowBCConfig:
             raise ValueError("flow_steps, utd_ratio and batch_size must be at least 1")
 
 
-class FlowBC(flax.struct.PyTreeNode):
+class FlowBC(ActsFromNoise, flax.struct.PyTreeNode):
     actor: TrainState
     rng: jax.Array
     config: FlowBCConfig = flax.struct.field(pytree_node=False)
@@ -87,14 +94,17 @@ class FlowBC(flax.struct.PyTreeNode):
         """One step per minibatch on the leading axis (scanned); metrics averaged."""
         return scan_update_steps(self, batch)
 
-    def sample_actions(
-        self, observations: jax.Array, key: jax.Array, deterministic: bool = False
-    ) -> jax.Array:
-        """Integrate the flow from noise drawn with `key` (see the module notes on
-        `deterministic`)."""
-        noise = jax.random.normal(key, (*observations.shape[:-1], self.action_dim))
+    def noise_shapes(self, batch_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {"normal": (*batch_shape, self.action_dim)}
+
+    def actions_from_noise(self, observations: jax.Array, noise: dict[str, jax.Array]) -> jax.Array:
+        """Integrate the flow from the noise (see the module notes on acting)."""
         return flow_actions(
-            self.actor.apply_fn, self.actor.params, observations, noise, self.config.flow_steps
+            self.actor.apply_fn,
+            self.actor.params,
+            observations,
+            noise["normal"],
+            self.config.flow_steps,
         )
 
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array:

@@ -56,6 +56,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from o2o.agents.base import (
+    ActsFromNoise,
     Needs,
     Phase,
     compiled_create,
@@ -137,7 +138,7 @@ def gae(
     return advantages
 
 
-class FPO(flax.struct.PyTreeNode):
+class FPO(ActsFromNoise, flax.struct.PyTreeNode):
     actor: TrainState
     value: TrainState
     rng: jax.Array
@@ -291,9 +292,9 @@ class FPO(flax.struct.PyTreeNode):
         """Gradient steps `policy_gradient_update` takes on a rollout of this many transitions."""
         return self.config.epochs * self.minibatches(transitions)
 
-    # Integrates the flow from noise drawn with the key, as flow BC does (`deterministic`
-    # changes nothing: see `o2o.agents.flow_bc`).
-    sample_actions = FlowBC.sample_actions
+    # Acts as flow BC does: the flow integrated from noise (`o2o.agents.flow_bc`).
+    noise_shapes = FlowBC.noise_shapes
+    actions_from_noise = FlowBC.actions_from_noise
 
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         """V(s), whatever the action: FPO learns no Q (see the module notes)."""

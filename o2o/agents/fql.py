@@ -49,6 +49,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from o2o.agents.base import (
+    ActsFromNoise,
     Needs,
     Phase,
     compiled_create,
@@ -92,7 +93,7 @@ class FQLConfig:
             raise ValueError("flow_steps, num_critics, utd_ratio and batch_size must be >= 1")
 
 
-class FQL(flax.struct.PyTreeNode):
+class FQL(ActsFromNoise, flax.struct.PyTreeNode):
     actor_flow: TrainState  # the BC flow
     actor: TrainState  # the one-step policy mu(s, z)
     critic: TrainState
@@ -216,12 +217,12 @@ class FQL(flax.struct.PyTreeNode):
         """One FQL step per minibatch on the leading axis (scanned); metrics averaged."""
         return scan_update_steps(self, batch)
 
-    def sample_actions(
-        self, observations: jax.Array, key: jax.Array, deterministic: bool = False
-    ) -> jax.Array:
-        """mu(s, z), z ~ N(0, I) from `key`: the reference acts (and evaluates) with fresh
-        noise, so `deterministic` changes nothing; evaluation passes a fixed key."""
-        return self._one_step(self.actor.params, observations, self._noise(key, observations))
+    def noise_shapes(self, batch_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {"normal": (*batch_shape, self.action_dim)}
+
+    def actions_from_noise(self, observations: jax.Array, noise: dict[str, jax.Array]) -> jax.Array:
+        """mu(s, z): the reference acts (and evaluates) with fresh noise z ~ N(0, I)."""
+        return self._one_step(self.actor.params, observations, noise["normal"])
 
     def q_values(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         """The critics' aggregate (`q_agg`), the value the actor maximises."""

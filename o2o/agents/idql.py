@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import compiled_create, register, switch_parts
+from o2o.agents.base import ActsFromNoise, compiled_create, register, switch_parts
 from o2o.agents.iql import IQL, IQLConfig, actor_learning_rate
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
@@ -97,7 +97,15 @@ def expectile_probabilities(q: jax.Array, v: jax.Array, expectile: float) -> jax
     return weights / weights.sum(-1, keepdims=True)
 
 
-class IDQL(IQL):
+def inverse_cdf_index(probs: jax.Array, uniform: jax.Array) -> jax.Array:
+    """The index drawn from the categorical `probs` (last axis, unnormalised) by a uniform in
+    [0, 1): the first whose cumulative share exceeds it."""
+    cdf = jnp.cumsum(probs, axis=-1)
+    below = (cdf < uniform[..., None] * cdf[..., -1:]).sum(-1)
+    return jnp.minimum(below, probs.shape[-1] - 1)
+
+
+class IDQL(ActsFromNoise, IQL):
     """IQL with a flow-matching BC actor; acts by selecting among the flow's samples.
 
     `rng` is the key of the flow-matching noise: `update_step` gives each step a fresh one.
@@ -154,16 +162,24 @@ class IDQL(IQL):
         )
         return agent.replace(target_actor_params=target, rng=rng), info
 
-    def sample_actions(
-        self, observations: jax.Array, key: jax.Array, deterministic: bool = False
-    ) -> jax.Array:
+    def noise_shapes(self, batch_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The flow's noise per candidate, and with expectile selection a uniform per state
+        for the resampling draw."""
+        shapes = {"normal": (*batch_shape, self.config.num_samples, self.action_dim)}
+        if self.config.selection == "expectile":
+            shapes["uniform"] = batch_shape
+        return shapes
+
+    def actions_from_noise(self, observations: jax.Array, noise: dict[str, jax.Array]) -> jax.Array:
         """Per state, `num_samples` actions from the EMA flow, one kept by `selection` on the
         target critics' min Q (see the module notes on `deterministic`)."""
-        key_noise, key_select = jax.random.split(key)
         obs = jnp.repeat(observations[..., None, :], self.config.num_samples, axis=-2)
-        noise = jax.random.normal(key_noise, (*obs.shape[:-1], self.action_dim))
         candidates = flow_actions(
-            self.actor.apply_fn, self.target_actor_params, obs, noise, self.config.flow_steps
+            self.actor.apply_fn,
+            self.target_actor_params,
+            obs,
+            noise["normal"],
+            self.config.flow_steps,
         )
         q = self._target_q(obs, candidates)
         if self.config.selection == "greedy":
@@ -171,7 +187,7 @@ class IDQL(IQL):
         else:
             v = self.value.apply_fn(self.value.params, observations)
             probs = expectile_probabilities(q, v, self.config.expectile)
-            index = jax.random.categorical(key_select, jnp.log(probs))
+            index = inverse_cdf_index(probs, noise["uniform"])
         return jnp.take_along_axis(candidates, index[..., None, None], axis=-2)[..., 0, :]
 
     def on_switch(self, config: Any = None) -> IDQL:

@@ -57,6 +57,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from o2o.agents.base import (
+    ActsFromNoise,
     Needs,
     Phase,
     compiled_create,
@@ -133,7 +134,7 @@ def chunk_batch(
     return batch["actions"].reshape(*valid.shape[:-1], -1), batch["rewards"], valid
 
 
-class QC(flax.struct.PyTreeNode):
+class QC(ActsFromNoise, flax.struct.PyTreeNode):
     actor: TrainState  # the flow prior over flattened chunks
     critic: TrainState  # Q(s, chunk), an ensemble
     target_critic_params: Any
@@ -219,18 +220,19 @@ class QC(flax.struct.PyTreeNode):
         """One step per minibatch on the leading axis (scanned); metrics averaged."""
         return scan_update_steps(self, batch)
 
-    def sample_actions(
-        self, observations: jax.Array, key: jax.Array, deterministic: bool = False
-    ) -> jax.Array:
-        """Best-of-N: `num_samples` chunks from the prior with noise drawn from `key`, the one
+    def noise_shapes(self, batch_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        cfg = self.config
+        return {"normal": (*batch_shape, cfg.num_samples, cfg.horizon * self.action_dim)}
+
+    def actions_from_noise(self, observations: jax.Array, noise: dict[str, jax.Array]) -> jax.Array:
+        """Best-of-N: `num_samples` chunks from the prior, one per row of the noise, the one
         the critics value highest kept; shape [..., horizon * A], step-major."""
         n = self.config.num_samples
         obs = jnp.broadcast_to(
             observations[..., None, :], (*observations.shape[:-1], n, observations.shape[-1])
         )
-        noise = jax.random.normal(key, (*obs.shape[:-1], self.config.horizon * self.action_dim))
         chunks = flow_actions(
-            self.actor.apply_fn, self.actor.params, obs, noise, self.config.flow_steps
+            self.actor.apply_fn, self.actor.params, obs, noise["normal"], self.config.flow_steps
         )
         best = self._reduce(self.critic.apply_fn(self.critic.params, obs, chunks)).argmax(-1)
         return jnp.take_along_axis(chunks, best[..., None, None], axis=-2)[..., 0, :]

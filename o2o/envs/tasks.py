@@ -119,6 +119,22 @@ class Task:
         finally:
             env.close()
 
+    def env_action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The environment's own action bounds (low, high), onto which the agents' [-1, 1]
+        actions are mapped (`_unit_actions`)."""
+        env = inner = self.base_env()
+        try:
+            while isinstance(inner, gym.Wrapper):
+                if isinstance(inner, gym.wrappers.RescaleAction):
+                    space = inner.env.action_space
+                    break
+                inner = inner.env
+            else:
+                space = env.action_space
+            return space.low, space.high
+        finally:
+            env.close()
+
     def check_dataset(
         self, dataset: Dataset, spaces: tuple[gym.spaces.Box, gym.spaces.Box] | None = None
     ) -> Dataset:

@@ -59,9 +59,18 @@ class EnsembleApply:
     optimisers' closures still make two agents' TrainStates unequal."""
 
     module: nn.Module
+    unrolled: bool = False  # one call per member: for converters without vmap rules (ONNX)
 
     def __call__(self, params, *inputs: jax.Array) -> jax.Array:
-        return apply_ensemble(self.module, params, *inputs)
+        if not self.unrolled:
+            return apply_ensemble(self.module, params, *inputs)
+        members = jax.tree.leaves(params)[0].shape[0]
+        return jnp.stack(
+            [
+                self.module.apply(jax.tree.map(lambda p, i=i: p[i], params), *inputs)
+                for i in range(members)
+            ]
+        )
 
     def per_member(self, params, *inputs: jax.Array) -> jax.Array:
         """Member i applied to inputs[i]; inputs carry a leading member axis."""

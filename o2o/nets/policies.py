@@ -165,7 +165,7 @@ def flow_actions(
     Euler steps, clipped to [-1, 1] (seohongpark/fql `compute_flow_actions`)."""
 
     def euler(x, i):
-        t = jnp.full(x.shape[:-1], i / steps, x.dtype)
+        t = jnp.zeros_like(x[..., 0]) + (i / steps).astype(x.dtype)  # [...]: the time
         return x + apply_fn(params, observations, x, t) / steps, None
 
     x, _ = jax.lax.scan(euler, noise, jnp.arange(steps))

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from o2o.agents import get_agent
-from o2o.agents.base import Needs, check_agent_config, switch_parts
+from o2o.agents.base import Needs, Phase, check_agent_config, switch_parts
 from o2o.checkpoint import find_checkpoint, load_checkpoint, locked
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
@@ -48,7 +48,7 @@ from o2o.envs.tasks import (
     parse_task,
 )
 from o2o.logging import console, jsonable, read_episodes, read_json, read_metrics
-from o2o.train.offline import OfflineLoop, offline_record, saved_updates
+from o2o.train.offline import OfflineLoop, checkpoint_dir, offline_record, saved_updates
 from o2o.train.online import OnlineLoop, example_transition, online_checkpoint_dir
 from o2o.train.onpolicy import OnPolicyLoop
 
@@ -566,6 +566,30 @@ def learning_task(task: Task, dataset: Dataset, needs: Needs) -> Task:
             task, reward_transform=task.reward_transform.scaled(needs.reward_scale)
         )
     return task
+
+
+def trained_agent(run_dir: Path, phase: Phase | None = None) -> tuple[Any, Phase, dict]:
+    """A run's agent as its latest checkpoint of `phase` holds it (by default the online
+    phase's when there is one, else the offline phase's), the phase, and the checkpoint's
+    progress counters. Its task as it learned: `run_task`."""
+    config = load_config(run_dir)
+    obs_space, act_space = get_task(config.task).spaces()
+    agent = get_agent(config.algo).agent_cls.create(config.agent, obs_space, act_space, 0)
+    found = {
+        "offline": find_checkpoint(checkpoint_dir(run_dir)),
+        "online": find_checkpoint(online_checkpoint_dir(run_dir)),
+    }
+    phase = phase or ("online" if found["online"] is not None else "offline")
+    if found[phase] is None:
+        have = [name for name, path in found.items() if path is not None]
+        raise FileNotFoundError(
+            f"{run_dir}: no whole {phase} checkpoint"
+            + (f"; it has an {have[0]} one (--phase {have[0]})" if have else "; train it first")
+        )
+    if phase == "online" and config.offline_steps > 0:  # it holds the switched agent
+        agent = switch(agent, config)
+    agent, progress = load_checkpoint(found[phase], agent, leading=True)
+    return agent, phase, progress
 
 
 def replay_transitions(run_dir: Path) -> dict[str, np.ndarray]:
