@@ -1,5 +1,5 @@
 """The `o2o` command: `o2o train`, `o2o demo`, `o2o dataset make|info|convert|from-run`,
-`o2o report`, `o2o sweep`, `o2o export`.
+`o2o report`, `o2o sweep`, `o2o export`, `o2o fqe`, `o2o switch-check`.
 
 `o2o train --algo NAME --task TASK ...` reads the algorithm, the task and `--preset` first, so
 that every other flag (including `--agent.*` hyperparameters) shows and defaults to that
@@ -22,16 +22,27 @@ from o2o.agents import AGENTS
 from o2o.checkpoint import RunDirectoryInUse
 from o2o.data.formats import FORMATS, SAVERS, load_dataset, save_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset
+from o2o.diagnostics.fqe import (
+    FQE_FILE,
+    FQEConfig,
+    agent_policy,
+    fitted_q_evaluation,
+    start_state_q,
+)
+from o2o.diagnostics.switch import SWITCH_FILE, action_distance
+from o2o.diagnostics.switch import checks as switch_checks
+from o2o.diagnostics.switch import risk as switch_risk
 from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task, parse_task
-from o2o.logging import console
+from o2o.logging import console, read_metrics, write_json
 from o2o.report.report import render_report
-from o2o.report.tables import dataset_row, print_dataset_table
+from o2o.report.tables import dataset_row, print_dataset_table, print_table
 from o2o.sweep import sweep as run_sweep
 from o2o.train.pipeline import (
     config_type,
     default_config,
     load_config,
     replay_transitions,
+    run_dataset,
     run_task,
     seed_configs,
     train,
@@ -56,6 +67,10 @@ commands:
           its table and report
   export  RUN_DIR [--out policy.onnx]: the trained policy as an ONNX graph (raw observation
           in, action in the environment's units out), checked with onnxruntime
+  fqe     RUN_DIR [--dataset D]: the policy's value estimated from data alone (fitted Q
+          evaluation), beside the data's own
+  switch-check RUN_DIR: before fine-tuning, the risk that the policy unlearns at the switch,
+          and why
 
 `o2o COMMAND --help` lists a command's flags; --debug shows an error's traceback."""
 
@@ -349,6 +364,112 @@ def _info_row(spec: str, args: argparse.Namespace) -> dict:
     return dataset_row(spec, dataset, get_task(spec))
 
 
+def fqe_command(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="o2o fqe",
+        description="Estimate a run's policy value from data alone by fitted Q evaluation "
+        "(o2o/diagnostics/fqe.py): the discounted return expected from the dataset's start "
+        "states, beside the data's own; written to RUN_DIR/fqe.json.",
+    )
+    parser.add_argument("run", type=Path, help="run directory")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="a dataset file or TASK-LEVEL (default: the data the run trained on)",
+    )
+    parser.add_argument("--phase", choices=("offline", "online"), default=None)
+    parser.add_argument("--steps", type=at_least(1), default=FQEConfig.steps, help="at most")
+    parser.add_argument("--min-steps", type=at_least(0), default=FQEConfig.min_steps)
+    parser.add_argument("--seed", type=at_least(0), default=0)
+    args = parser.parse_args(argv)
+    config = load_config(args.run)
+    agent, phase, progress = trained_agent(args.run, args.phase)
+    task = run_task(args.run)
+    if args.dataset is None:
+        dataset = run_dataset(config)
+        if dataset is None:
+            raise ValueError(f"{args.run}: trained without a dataset; give one with --dataset")
+    elif Path(args.dataset).exists():
+        dataset = task.check_dataset(load_dataset(Path(args.dataset))[0])
+    else:
+        dataset = make_dataset(args.dataset, None)[0]
+    fqe = FQEConfig(
+        discount=config.agent.discount,
+        steps=args.steps,
+        min_steps=min(args.min_steps, args.steps),
+        eval_interval=min(FQEConfig.eval_interval, args.steps),
+    )
+    policy = agent_policy(agent, task.observation_normalizer, args.seed)
+    result = fitted_q_evaluation(policy, dataset, fqe, args.seed)
+    result |= {"phase": phase, "progress": progress, "dataset": dataset.source}
+    path = args.run / FQE_FILE
+    write_json(path, result)
+    console.print(
+        f"FQE of {config.algo} ({phase} checkpoint): value {result['value']:.1f} (discounted "
+        f"return, discount {fqe.discount}, mean over {result['start_states']} start states), "
+        f"the data's own {result['behaviour_value']:.1f}; kept at update {result['step']} "
+        f"(held-out TD error {result['holdout_td']:.3g})"
+    )
+    print(path)
+    return result
+
+
+def switch_check_command(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="o2o switch-check",
+        description="Before fine-tuning: how likely a run's pre-trained policy is to unlearn at "
+        "the switch (the dip), from Q's bias on held-out data and on its own episodes, its "
+        "value against fitted Q evaluation, and how far its actions lie from the data "
+        "(o2o/diagnostics/switch.py). Writes RUN_DIR/switch_check.json.",
+    )
+    parser.add_argument("run", type=Path, help="run directory with an offline phase")
+    parser.add_argument("--fqe-steps", type=at_least(0), default=FQEConfig.steps)
+    parser.add_argument("--seed", type=at_least(0), default=0)
+    args = parser.parse_args(argv)
+    config = load_config(args.run)
+    agent, _, progress = trained_agent(args.run, "offline")
+    task = run_task(args.run)
+    records = [r for r in read_metrics(args.run) if r.get("phase") == "offline"]
+    dataset = run_dataset(config)
+    if dataset is None or not records:
+        raise ValueError(f"{args.run}: no offline phase to check (trained without a dataset)")
+    tenth = len(dataset.episodes()) // 10  # the run's held-out episodes, or a tenth
+    train_data, held = dataset.hold_out(min(config.holdout_episodes, tenth) or max(tenth, 1))
+    q_start = fqe_value = distance = None
+    if agent.needs("offline").horizon == 1:
+        policy = agent_policy(agent, task.observation_normalizer, args.seed)
+        distance = action_distance(policy, train_data, held, args.seed)
+        if args.fqe_steps:
+            learning = dataclasses.replace(dataset, rewards=task.reward_transform(dataset.rewards))
+            fqe = FQEConfig(
+                discount=config.agent.discount,
+                steps=args.fqe_steps,
+                min_steps=min(FQEConfig.min_steps, args.fqe_steps),
+                eval_interval=min(FQEConfig.eval_interval, args.fqe_steps),
+            )
+            fqe_value = fitted_q_evaluation(policy, learning, fqe, args.seed)["value"]
+            q_start = start_state_q(agent, task.observation_normalizer, dataset, policy)
+    found = switch_checks(records[-1], q_start, fqe_value, distance)
+    level, reason = switch_risk(found)
+    table = [
+        {"check": c.name, "value": "-" if c.value is None else f"{c.value:+.2f}", "note": c.note}
+        for c in found
+    ]
+    print_table(table, {"check": "check", "value": "value", "note": "what it says"})
+    console.print(f"risk of a dip at the switch: [bold]{level}[/bold] ({reason})")
+    result = {
+        "risk": level,
+        "reason": reason,
+        "checks": [dataclasses.asdict(c) for c in found],
+        "q_start": q_start,
+        "fqe": fqe_value,
+        "offline_updates": progress.get("updates"),
+    }
+    write_json(args.run / SWITCH_FILE, result)
+    print(args.run / SWITCH_FILE)
+    return result
+
+
 # Observations the exported policy is checked on: a random-action episode's, from these resets.
 EXPORT_CHECK_STEPS = 200
 
@@ -424,6 +545,8 @@ COMMANDS = {
     "report": report_command,
     "sweep": sweep_command,
     "export": export_command,
+    "fqe": fqe_command,
+    "switch-check": switch_check_command,
 }
 
 

@@ -16,9 +16,14 @@ console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay whol
 
 
 def jsonable(value: Any) -> Any:
-    """`value`, with a float that is not finite as None (JSON has no NaN)."""
+    """`value`, with every float that is not finite as None (JSON has no NaN), inside dicts,
+    lists and tuples too."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -115,6 +120,15 @@ def read_json(path: Path) -> Any:
         raise ValueError(
             f"{path}: not valid JSON ({err}); repair it, or start the run over in a new --out"
         ) from err
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` (made JSON-able: `jsonable`) as `path`, whole or not at all (written beside it,
+    then renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(value), indent=1))
+    tmp.replace(path)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

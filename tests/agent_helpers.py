@@ -55,6 +55,20 @@ def hopper_dataset(tmp_path, n: int = 200):
     return save_native(Dataset.from_arrays(data), tmp_path / "hopper.npz")
 
 
+def trained_run(tmp_path, algo: str, holdout_episodes: int = 0, steps: int = 5):
+    """A run directory of `algo` trained offline for `steps` updates with 8x8 networks on 400
+    random Hopper-shaped transitions (`hopper_dataset`), no online phase."""
+    from o2o.cli import main
+
+    out = tmp_path / "run"
+    data = hopper_dataset(tmp_path, n=400)
+    flags = f"--algo {algo} --task hopper --dataset {data} --offline-steps {steps}"
+    flags += f" --online-steps 0 --eval-interval {steps} --eval-episodes 1"
+    flags += f" --agent.hidden-dims 8 8 --holdout-episodes {holdout_episodes}"
+    main(["train", *flags.split(), "--out", str(out)])
+    return out
+
+
 def np_(x) -> np.ndarray:
     """float64 numpy, the precision the by-hand losses are computed in."""
     return np.asarray(x, np.float64)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from agent_helpers import trained_run
 from test_conformance import ACT, CASES, OBS, tiny
 
 from o2o.agents import AGENTS
@@ -96,12 +97,7 @@ def test_export_names_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_a_run_without_its_phase_says_which_it_has(tmp_path):
-    from agent_helpers import hopper_dataset
-
-    out = tmp_path / "run"
-    flags = f"--algo bc --task hopper --dataset {hopper_dataset(tmp_path)} --offline-steps 5"
-    flags += " --online-steps 0 --eval-interval 5 --eval-episodes 1 --agent.hidden-dims 8 8"
-    main(["train", *flags.split(), "--out", str(out)])
+    out = trained_run(tmp_path, "bc")
     agent, phase, progress = trained_agent(out)
     assert phase == "offline" and progress["updates"] == int(agent.actor.step) == 5
     with pytest.raises(FileNotFoundError, match="--phase offline"):

@@ -47,7 +47,7 @@ from o2o.envs.tasks import (
     get_task,
     parse_task,
 )
-from o2o.logging import console, jsonable, read_episodes, read_json, read_metrics
+from o2o.logging import console, read_episodes, read_json, read_metrics, write_json
 from o2o.train.offline import OfflineLoop, checkpoint_dir, offline_record, saved_updates
 from o2o.train.online import OnlineLoop, example_transition, online_checkpoint_dir
 from o2o.train.onpolicy import OnPolicyLoop
@@ -219,6 +219,18 @@ def _differences(saved: dict, current: dict, defaults: dict, prefix: str = "") -
 VALUES_BEFORE_FIELD = {"fql": {"activation": "relu"}, "qc": {"activation": "relu"}}
 
 
+def run_dataset(config: TrainConfig, spaces=None) -> Dataset | None:
+    """The data a run trains on, all of it (before episodes are held out): `--dataset`'s file,
+    checked against the task, or the generated TASK-LEVEL; None for an online-only run.
+    `spaces`: the task's, when the caller has them."""
+    task, level = parse_task(config.task)
+    if config.dataset is not None:
+        return task.check_dataset(load_dataset(config.dataset)[0], spaces)
+    if level is not None:
+        return make_dataset(config.task, config.dataset_size)[0]
+    return None
+
+
 def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     """A run directory is reused only by the same configuration (online_steps may grow):
     raises ValueError naming the fields that differ. The saved run's `offline_ratio` is not
@@ -308,11 +320,7 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
     _print_preset(config)
     _warn_without_effect(config, needs, level)
 
-    dataset = None
-    if config.dataset is not None:
-        dataset = task.check_dataset(load_dataset(config.dataset)[0], (obs_space, act_space))
-    elif level is not None:
-        dataset, _ = make_dataset(config.task, config.dataset_size)
+    dataset = run_dataset(config, (obs_space, act_space))
     buffers = {phase: None for phase in PHASES}  # the dataset as each phase's batches see it
     holdout = None
     if dataset is not None:
@@ -642,8 +650,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
         if name == "online":
             summary |= {"env_steps": progress.env_steps, "best_env_steps": best["env_steps"]}
             summary |= finetune_metrics(read_metrics(run_dir), read_episodes(run_dir))
-    jsonable_summary = {k: jsonable(v) for k, v in summary.items()}  # NaN: null
-    (run_dir / "summary.json").write_text(json.dumps(jsonable_summary, indent=1))
+    write_json(run_dir / "summary.json", summary)  # NaN: null
     last = "" if "online" in phases else "offline_"
     console.print(
         f"final return {summary[last + 'final_return']:.1f} "
