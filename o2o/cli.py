@@ -390,7 +390,7 @@ def fqe_command(argv: list[str]) -> dict:
         if dataset is None:
             raise ValueError(f"{args.run}: trained without a dataset; give one with --dataset")
     elif Path(args.dataset).exists():
-        dataset = task.check_dataset(load_dataset(Path(args.dataset))[0])
+        dataset = _read_for_task(Path(args.dataset), config.task)[0]
     else:
         dataset = make_dataset(args.dataset, None)[0]
     fqe = FQEConfig(
