@@ -7,7 +7,8 @@ benchmarks/offline.py: the same training episodes o2o gets, in the environment's
 timing d3rlpy's own loop (`sample_transition_batch` then `update`, after `--warmup` untimed
 ones), and prints one JSON line. With `--eval-interval K` it saves the model (`save_model`, not
 timed) before the first update and after every K updates into `--snapshots`, so its policy can
-be scored along training at the same steps as o2o's.
+be scored along training at the same steps as o2o's. An interrupted run resumes from its last
+snapshot (see `resume`).
 It then serves actions: each stdin line is a JSON list of observations, answered by one JSON
 line of `algo.predict` actions; a line `{"load": STEP}` switches to the snapshot of that step
 (answered by `{"loaded": STEP}`); an empty line or EOF ends it. Evaluation therefore runs in
@@ -137,14 +138,16 @@ def main() -> None:
         seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)
         if steps:
             os.makedirs(args.snapshots, exist_ok=True)
-            algo.save_model(snapshot(args.snapshots, 0))
-        for upto in steps or [args.steps]:
+            done, seconds = resume(algo, args.snapshots, args.seed)
+            if not done:
+                save(algo, args.snapshots, 0, 0.0)
+        for upto in [s for s in steps if s > done] or [args.steps]:
             start = time.perf_counter()
             for _ in range(upto - done):
                 algo.update(dataset.sample_transition_batch(args.batch))
             seconds, done = seconds + time.perf_counter() - start, upto
             if steps:
-                algo.save_model(snapshot(args.snapshots, upto))
+                save(algo, args.snapshots, upto, seconds)
     result = {
         "algo": args.algo,
         "updates": args.steps,
@@ -179,6 +182,38 @@ def snapshot_steps(steps: int, interval: int) -> list[int]:
 
 def snapshot(folder: str, step: int) -> str:
     return os.path.join(folder, f"step_{step:08d}.d3")
+
+
+PROGRESS = "progress.json"  # the last complete snapshot and the training seconds up to it
+
+
+def save(algo: d3rlpy.base.LearnableBase, folder: str, step: int, seconds: float) -> None:
+    """Snapshot the model (networks and optimiser states) after `step` updates, then record
+    it as the point to resume from; both files are replaced whole."""
+    path = snapshot(folder, step)
+    algo.save_model(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(folder, PROGRESS + ".tmp"), "w") as f:
+        json.dump({"step": step, "seconds": seconds}, f)
+    os.replace(os.path.join(folder, PROGRESS + ".tmp"), os.path.join(folder, PROGRESS))
+
+
+def resume(algo: d3rlpy.base.LearnableBase, folder: str, seed: int) -> tuple[int, float]:
+    """Continue an interrupted run from its last snapshot: (updates done, seconds so far), or
+    (0, 0.0) when there is none. The model and optimiser states are restored exactly; batch
+    sampling restarts from a seed derived from (seed, step), so a resumed run is a valid run of
+    the same recipe but not the same draws as an uninterrupted one."""
+    path = os.path.join(folder, PROGRESS)
+    if not os.path.exists(path):
+        return 0, 0.0
+    with open(path) as f:
+        progress = json.load(f)
+    step = progress["step"]
+    algo.load_model(snapshot(folder, step))
+    algo.set_grad_step(step)
+    d3rlpy.seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    print(f"resumed from {snapshot(folder, step)}", file=sys.stderr)
+    return step, progress["seconds"]
 
 
 if __name__ == "__main__":
