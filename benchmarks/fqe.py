@@ -24,7 +24,7 @@ from o2o.diagnostics.fqe import FQEConfig, agent_policy, fitted_q_evaluation
 from o2o.diagnostics.switch import DISTANCE, action_distance
 from o2o.report.tables import markdown_table
 from o2o.train.evaluate import Evaluator
-from o2o.train.pipeline import load_config, run_dataset, run_task, trained_agent
+from o2o.train.pipeline import load_config, run_dataset, run_split, run_task, trained_agent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_SEED = 50_000  # resets unlike the training evaluations'
@@ -51,7 +51,7 @@ def distance(run: Path) -> float:
     config = load_config(run)
     agent, _, _ = trained_agent(run)
     dataset = run_dataset(config)
-    train, held = dataset.hold_out(min(config.holdout_episodes, len(dataset.episodes()) // 10))
+    train, held = run_split(config, dataset)
     policy = agent_policy(agent, run_task(run).observation_normalizer)
     return action_distance(policy, train, held)
 

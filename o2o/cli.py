@@ -43,6 +43,7 @@ from o2o.train.pipeline import (
     load_config,
     replay_transitions,
     run_dataset,
+    run_split,
     run_task,
     seed_configs,
     train,
@@ -433,8 +434,7 @@ def switch_check_command(argv: list[str]) -> dict:
     dataset = run_dataset(config)
     if dataset is None or not records:
         raise ValueError(f"{args.run}: no offline phase to check (trained without a dataset)")
-    tenth = len(dataset.episodes()) // 10  # the run's held-out episodes, or a tenth
-    train_data, held = dataset.hold_out(min(config.holdout_episodes, tenth) or max(tenth, 1))
+    train_data, held = run_split(config, dataset)
     q_start = fqe_value = distance = None
     if agent.needs("offline").horizon == 1:
         policy = agent_policy(agent, task.observation_normalizer, args.seed)

@@ -78,11 +78,11 @@ class PolicyIO:
     @classmethod
     def of(cls, task: Task) -> PolicyIO:
         """The task's, with its learning transforms (`o2o.train.pipeline.run_task`)."""
-        low, high = task.env_action_bounds()
+        obs_space, act_space = task.env_spaces()
         return cls(
-            task.spaces()[0].shape[0],
-            tuple(map(float, low)),
-            tuple(map(float, high)),
+            obs_space.shape[0],
+            tuple(map(float, act_space.low)),
+            tuple(map(float, act_space.high)),
             task.observation_normalizer,
         )
 

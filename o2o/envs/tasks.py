@@ -119,19 +119,16 @@ class Task:
         finally:
             env.close()
 
-    def env_action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """The environment's own action bounds (low, high), onto which the agents' [-1, 1]
-        actions are mapped (`_unit_actions`)."""
+    def env_spaces(self) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+        """The observation space and the environment's own action space, in its units, onto
+        which the agents' [-1, 1] actions are mapped (`_unit_actions`)."""
         env = inner = self.base_env()
         try:
             while isinstance(inner, gym.Wrapper):
                 if isinstance(inner, gym.wrappers.RescaleAction):
-                    space = inner.env.action_space
-                    break
+                    return env.observation_space, inner.env.action_space
                 inner = inner.env
-            else:
-                space = env.action_space
-            return space.low, space.high
+            return env.observation_space, env.action_space
         finally:
             env.close()
 

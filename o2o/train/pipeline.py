@@ -547,6 +547,14 @@ def hold_out_episodes(dataset: Dataset, count: int) -> tuple[Dataset, Dataset | 
     return dataset, holdout
 
 
+def run_split(config: TrainConfig, dataset: Dataset) -> tuple[Dataset, Dataset]:
+    """(training episodes, held-out episodes) of `dataset` as the run split it
+    (`hold_out_episodes`); when it held none out, a tenth of the episodes (at least one), so
+    that the checks after training always have episodes the agent did not learn from."""
+    tenth = len(dataset.episodes()) // 10
+    return dataset.hold_out(min(config.holdout_episodes, tenth) or max(tenth, 1))
+
+
 def learning_task(task: Task, dataset: Dataset, needs: Needs) -> Task:
     """The task as the agent learns it, from the transforms it needs:
     - `normalize_observations` (TD3+BC's recipe): states standardised by the dataset's mean
