@@ -23,7 +23,12 @@ sizes and batch sizes where they differ, so that updates per second compare the 
 - iql: expectile 0.7, temperature 3, weights clipped at 100, rewards scaled by 1000 / return
   range, actor lr cosine-decayed over 1M updates (o2o's IQL_LOCOMOTION);
 - awac: lambda 1/3, 3x256, batch 256, standardised observations (o2o's CORL recipe; d3rlpy's
-  reproduction uses lambda 1, 4x256, batch 1024 and actor weight decay).
+  reproduction uses lambda 1, 4x256, batch 1024 and actor weight decay). d3rlpy's AWAC keeps
+  more of its SAC base than the references do: its critic target is SAC's,
+  min Q'(s', a') - t log pi(a'|s') with a' from the tanh-squashed Gaussian and t = exp(0) = 1
+  (a fixed dummy log-temperature of zero), where rlkit (`alpha=0`) and CORL have no entropy
+  term. `awac-no-entropy` is d3rlpy's AWAC with that temperature set to 0: the ablation that
+  tells whether the term is what separates the two libraries.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ import d3rlpy
 import numpy as np
 import torch
 from d3rlpy.algos.utility import build_scalers_with_transition_picker
+from d3rlpy.models.torch.parameters import get_parameter
 
-ALGOS = ("bc", "td3+bc", "cql", "iql", "awac")
+ALGOS = ("bc", "td3+bc", "cql", "iql", "awac", "awac-no-entropy")
 
 
 def build(algo: str, batch: int) -> d3rlpy.base.LearnableConfig:
@@ -91,7 +97,7 @@ def build(algo: str, batch: int) -> d3rlpy.base.LearnableConfig:
             reward_scaler=d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0),
             actor_optim_factory=d3rlpy.optimizers.AdamFactory(lr_scheduler_factory=schedule),
         )
-    if algo == "awac":
+    if algo in ("awac", "awac-no-entropy"):
         return d3rlpy.algos.AWACConfig(
             batch_size=batch,
             lam=1.0 / 3.0,
@@ -133,6 +139,8 @@ def main() -> None:
         algo = build(args.algo, args.batch).create(device="cpu:0")
         build_scalers_with_transition_picker(algo, dataset)  # as `fit` does first
         algo.build_with_dataset(dataset)
+        if args.algo == "awac-no-entropy":  # temperature exp(-inf) = 0 in SAC's target
+            get_parameter(algo.impl.modules.log_temp).data.fill_(-float("inf"))
         for _ in range(args.warmup):
             algo.update(dataset.sample_transition_batch(args.batch))
         seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)

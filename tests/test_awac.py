@@ -65,6 +65,25 @@ def test_critic_loss_by_hand(agent_and_batch):
     np.testing.assert_allclose(info["target_mean"], target.mean(), rtol=1e-5)
 
 
+def test_critic_entropy_weight_is_sacs_target_term(agent_and_batch):
+    """With `critic_entropy_weight` t (d3rlpy's AWAC: 1) the target is
+    r + gamma m (min Q'(s', a') - t log pi(a'|s')), log pi the policy's Gaussian density."""
+    agent, b = agent_and_batch
+    next_actions = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (8, 2)), jnp.float32)
+    plain = np_(agent.td_target(b, next_actions))
+    soft = agent.replace(config=dataclasses.replace(agent.config, critic_entropy_weight=0.5))
+    mean, log_std = (
+        np_(x) for x in agent.actor.apply_fn(agent.actor.params, b["next_observations"])
+    )
+    z = (np_(next_actions) - mean) / np.exp(log_std)
+    log_pi = np.sum(-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi), -1)
+    expected = plain - 0.99 * np_(b["masks"]) * 0.5 * log_pi
+    np.testing.assert_allclose(soft.td_target(b, next_actions), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected - plain).max() > 0.1  # the term is there
+    with pytest.raises(ValueError, match="critic_entropy_weight"):
+        AWACConfig(critic_entropy_weight=-1.0)
+
+
 def test_actor_loss_by_hand(agent_and_batch):
     agent, b = agent_and_batch
     obs, actions = b["observations"], np_(b["actions"])

@@ -42,6 +42,13 @@ Choices and deviations:
   pipeline applies it (`normalize_observations`, `o2o.train.pipeline.learning_task`).
 - Initialisation: o2o's MLP (Xavier-uniform), not PyTorch's default.
 - `on_switch` is the identity: CORL changes nothing at the switch.
+- `critic_entropy_weight` (default 0, the references) puts SAC's entropy term into the critic
+  target, to compare with d3rlpy: its AWAC (2.8.1) inherits SAC's target,
+  min Q'(s', a') - t log pi(a'|s') with a' from a tanh-squashed Gaussian, at a fixed t = 1 (a
+  dummy log-temperature of 0). o2o's log pi(a'|s') is the Gaussian density of the clipped
+  sample (its policy clips rather than squashes). On hopper-medium after 300 updates d3rlpy's
+  term lowered its targets by about 5 per step, more than the reward (about 3): see
+  benchmarks/results/awac_parity.md for what it does to the scores.
 - Several minibatches per call run in `jax.lax.scan`, each a full AWAC step.
 """
 
@@ -75,6 +82,9 @@ class AWACConfig:
     tau: float = 5e-3
     awac_lambda: float = 1.0 / 3.0  # temperature: w = exp(A / lambda)
     max_weight: float = 100.0  # clip of exp(A / lambda) (CORL `exp_adv_max`)
+    # t in the critic target min Q'(s', a') - t log pi(a'|s'): 0 in the references (rlkit's
+    # `alpha=0`, CORL); d3rlpy's AWAC has 1 (see the module docstring).
+    critic_entropy_weight: float = 0.0
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     batch_size: int = 256
@@ -84,6 +94,8 @@ class AWACConfig:
     normalize_observations: bool = True  # states standardised by the dataset's mean and std
 
     def __post_init__(self):
+        if self.critic_entropy_weight < 0:
+            raise ValueError(f"critic_entropy_weight={self.critic_entropy_weight} must be >= 0")
         if self.awac_lambda <= 0 or self.max_weight <= 0:
             raise ValueError(
                 f"awac_lambda={self.awac_lambda} and max_weight={self.max_weight} must be positive"
@@ -137,10 +149,14 @@ class AWAC(flax.struct.PyTreeNode):
         )
 
     def td_target(self, batch: dict[str, jax.Array], next_actions: jax.Array) -> jax.Array:
-        """y = r + gamma m min_j Q'_j(s', a'): no entropy term."""
-        next_q = self.critic.apply_fn(
-            self.target_critic_params, batch["next_observations"], next_actions
-        ).min(0)
+        """y = r + gamma m (min_j Q'_j(s', a') - t log pi(a'|s')), t = `critic_entropy_weight`
+        (0: no entropy term, as the references)."""
+        next_obs = batch["next_observations"]
+        next_q = self.critic.apply_fn(self.target_critic_params, next_obs, next_actions).min(0)
+        if self.config.critic_entropy_weight:
+            mean, log_std = self.actor.apply_fn(self.actor.params, next_obs)
+            log_pi = gaussian_log_prob(mean, log_std, next_actions)
+            next_q = next_q - self.config.critic_entropy_weight * log_pi
         return batch["rewards"] + self.config.discount * batch["masks"] * next_q
 
     def critic_loss(
