@@ -165,7 +165,7 @@ def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
     """Launch d3rlpy training for one (dataset, algo, seed) unless its result exists; it saves
     its model at every evaluation step of o2o's run, to be scored along the way."""
     every = eval_interval(args)
-    stem = f"{dataset}-{PEERS[algo]}-{args.steps}-every{every}-seed{seed}"
+    stem = f"{dataset}-{args.peers[algo]}-{args.steps}-every{every}-seed{seed}"
     path = RUNS / "peer" / f"{stem}.json"
     if path.exists():
         return path, None
@@ -174,7 +174,7 @@ def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
     cmd = [
         str(PEER_PYTHON),
         str(ROOT / "peer_d3rlpy_offline.py"),
-        f"--algo={PEERS[algo]}",
+        f"--algo={args.peers[algo]}",
         f"--data={peer_data(dataset, args)}",
         f"--steps={args.steps}",
         f"--seed={seed}",
@@ -241,8 +241,17 @@ def main() -> None:
         help="override a field of one agent's recipe, e.g. qc.hidden_dims=256,256; the run "
         "directories and the table name the overrides",
     )
+    parser.add_argument(
+        "--peer-algo",
+        nargs="+",
+        default=[],
+        metavar="ALGO=D3RLPY_ALGO",
+        help="score o2o's ALGO against another d3rlpy recipe of benchmarks/"
+        "peer_d3rlpy_offline.py, e.g. awac=awac-no-entropy",
+    )
     args = parser.parse_args()
     args.overrides = parse_overrides(args.set, args.algos)
+    args.peers = PEERS | dict(item.split("=", 1) for item in args.peer_algo)
     (RUNS / "peer").mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict] = {}
@@ -342,6 +351,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         f"{args.eval_episodes} --holdout-episodes {args.holdout_episodes}"
         + (" --peer" if args.peer else "")
         + (f" --set {' '.join(args.set)}" if args.set else "")
+        + (f" --peer-algo {' '.join(args.peer_algo)}" if args.peer_algo else "")
     )
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": results}, indent=1)
