@@ -105,6 +105,12 @@ def test_actor_loss_by_hand(agent_and_batch):
     )
     np.testing.assert_allclose(loss, -np.mean(weights * log_prob), rtol=1e-5)
     np.testing.assert_allclose(info["weight_clip_frac"], np.mean(raw >= 100), rtol=1e-6)
+    # rlkit's and d3rlpy's normalisation: N softmax(A / lambda) over the batch, unclipped.
+    soft = dataclasses.replace(agent.config, softmax_weights=True)
+    loss_soft, _ = agent.replace(config=soft).actor_loss(params, b, pi_actions)
+    scaled = adv / 0.01
+    softmax = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
+    np.testing.assert_allclose(loss_soft, -np.mean(8 * softmax * log_prob), rtol=1e-4)
     # Huge advantages saturate at the clip instead of overflowing.
     far = dataclasses.replace(agent.config, awac_lambda=1e-30)
     loss_far, _ = agent.replace(config=far).actor_loss(params, b, pi_actions)

@@ -42,6 +42,9 @@ Choices and deviations:
   pipeline applies it (`normalize_observations`, `o2o.train.pipeline.learning_task`).
 - Initialisation: o2o's MLP (Xavier-uniform), not PyTorch's default.
 - `on_switch` is the identity: CORL changes nothing at the switch.
+- `softmax_weights` (default off, CORL's clip) normalises the weights over the minibatch,
+  w = N softmax(A / lambda), as rlkit and d3rlpy do: the same relative weights as exp(A / lambda)
+  without the clip, so the largest advantages in a batch dominate it.
 - `critic_entropy_weight` (default 0, the references) puts SAC's entropy term into the critic
   target, to compare with d3rlpy: its AWAC (2.8.1) inherits SAC's target,
   min Q'(s', a') - t log pi(a'|s') with a' from a tanh-squashed Gaussian, at a fixed t = 1 (a
@@ -82,6 +85,9 @@ class AWACConfig:
     tau: float = 5e-3
     awac_lambda: float = 1.0 / 3.0  # temperature: w = exp(A / lambda)
     max_weight: float = 100.0  # clip of exp(A / lambda) (CORL `exp_adv_max`)
+    # w = N softmax(A / lambda) over the minibatch instead of the clipped exp(A / lambda): rlkit's
+    # AWAC (`normalize_over_batch`, the paper's code) and d3rlpy's; CORL clips.
+    softmax_weights: bool = False
     # t in the critic target min Q'(s', a') - t log pi(a'|s'): 0 in the references (rlkit's
     # `alpha=0`, CORL); d3rlpy's AWAC has 1 (see the module docstring).
     critic_entropy_weight: float = 0.0
@@ -179,7 +185,10 @@ class AWAC(flax.struct.PyTreeNode):
         adv = q - v
         # exp(min(x, log c)) = min(exp(x), c), without overflowing to inf on the way.
         scaled = adv / self.config.awac_lambda
-        weights = jnp.exp(jnp.minimum(scaled, math.log(self.config.max_weight)))
+        if self.config.softmax_weights:
+            weights = jax.nn.softmax(scaled) * scaled.shape[0]
+        else:
+            weights = jnp.exp(jnp.minimum(scaled, math.log(self.config.max_weight)))
         weights = jax.lax.stop_gradient(weights)
         mean, log_std = self.actor.apply_fn(actor_params, obs)
         loss = -jnp.mean(weights * gaussian_log_prob(mean, log_std, actions))
