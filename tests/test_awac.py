@@ -49,6 +49,10 @@ def test_presets_are_the_reference_recipes():
     assert AWAC_ANTMAZE.awac_lambda == 0.1
     with pytest.raises(ValueError, match="awac_lambda"):
         AWACConfig(awac_lambda=0.0)
+    # d3rlpy's starting std, for the comparison: log-std -3 before any update.
+    agent = AWAC.create(AWACConfig(**TINY, log_std_init=-3.0), OBS, ACT, 0)
+    _, log_std = agent.actor.apply_fn(agent.actor.params, jnp.zeros((1, 3)))
+    np.testing.assert_allclose(log_std, -3.0)
 
 
 def test_critic_loss_by_hand(agent_and_batch):

@@ -93,6 +93,7 @@ class AWACConfig:
     critic_entropy_weight: float = 0.0
     log_std_min: float = -20.0
     log_std_max: float = 2.0
+    log_std_init: float = 0.0  # CORL's; d3rlpy's AWAC starts at -3 (std 0.05) in [-6, 0]
     batch_size: int = 256
     utd_ratio: int = 1
     offline_ratio: float = 0.5
@@ -135,7 +136,11 @@ class AWAC(flax.struct.PyTreeNode):
         key_actor, key_critic, rng = jax.random.split(jax.random.key(seed), 3)
 
         actor_def = TanhMeanGaussian(
-            act.shape[-1], config.hidden_dims, config.log_std_min, config.log_std_max
+            act.shape[-1],
+            config.hidden_dims,
+            config.log_std_min,
+            config.log_std_max,
+            log_std_init=config.log_std_init,
         )
         actor = TrainState.create(
             apply_fn=actor_def.apply,

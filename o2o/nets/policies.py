@@ -86,6 +86,7 @@ class TanhMeanGaussian(nn.Module):
     const_std: bool = False  # log_std fixed at 0
     activation: Activation = "relu"
     mean_init_scale: float = 1.0  # of the last layer's Xavier-uniform variance
+    log_std_init: float = 0.0
 
     @nn.compact
     def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,7 +96,9 @@ class TanhMeanGaussian(nn.Module):
         mean = jnp.tanh(mean) if self.tanh_mean else mean
         if self.const_std:
             return mean, jnp.zeros_like(mean)
-        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        log_std = self.param(
+            "log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,)
+        )
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return mean, jnp.broadcast_to(log_std, mean.shape)
 
