@@ -18,13 +18,11 @@ import json
 import sys
 
 import d3rlpy
-import numpy as np
 import torch
-from d3rlpy.algos.utility import build_scalers_with_transition_picker
 from d3rlpy.models.torch import build_squashed_gaussian_distribution
 from d3rlpy.models.torch.parameters import get_parameter
 from d3rlpy.torch_utility import TorchMiniBatch
-from peer_d3rlpy_offline import build
+from peer_d3rlpy_offline import built
 
 torch.set_num_threads(1)
 
@@ -59,20 +57,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     d3rlpy.seed(args.seed)
-    arrays = np.load(args.data)
     with contextlib.redirect_stdout(sys.stderr):  # d3rlpy logs to stdout
-        dataset = d3rlpy.dataset.MDPDataset(
-            observations=arrays["observations"],
-            actions=arrays["actions"],
-            rewards=arrays["rewards"],
-            terminals=arrays["terminals"].astype(np.float32),
-            timeouts=arrays["timeouts"].astype(np.float32),
-        )
-        algo = build(args.algo, 256).create(device="cpu:0")
-        build_scalers_with_transition_picker(algo, dataset)
-        algo.build_with_dataset(dataset)
-        if args.algo == "awac-no-entropy":
-            get_parameter(algo.impl.modules.log_temp).data.fill_(-float("inf"))
+        dataset, algo = built(args.algo, args.data, 256)
     for step in range(args.steps + 1):
         if step % args.every == 0:
             batch = TorchMiniBatch.from_batch(

@@ -39,6 +39,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see peer_d3rlpy.py
 
@@ -126,21 +127,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     d3rlpy.seed(args.seed)
 
-    arrays = np.load(args.data)
     # d3rlpy's structlog writes its info lines to stdout: keep stdout for the protocol.
     with contextlib.redirect_stdout(sys.stderr):
-        dataset = d3rlpy.dataset.MDPDataset(
-            observations=arrays["observations"],
-            actions=arrays["actions"],
-            rewards=arrays["rewards"],
-            terminals=arrays["terminals"].astype(np.float32),
-            timeouts=arrays["timeouts"].astype(np.float32),
-        )
-        algo = build(args.algo, args.batch).create(device="cpu:0")
-        build_scalers_with_transition_picker(algo, dataset)  # as `fit` does first
-        algo.build_with_dataset(dataset)
-        if args.algo == "awac-no-entropy":  # temperature exp(-inf) = 0 in SAC's target
-            get_parameter(algo.impl.modules.log_temp).data.fill_(-float("inf"))
+        dataset, algo = built(args.algo, args.data, args.batch)
         for _ in range(args.warmup):
             algo.update(dataset.sample_transition_batch(args.batch))
         seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)
@@ -179,6 +168,25 @@ def main() -> None:
                 actions = algo.predict(np.asarray(message, np.float32))
                 reply = np.asarray(actions, np.float64).tolist()
         print(json.dumps(reply), flush=True)
+
+
+def built(algo_name: str, data: str, batch: int) -> tuple[d3rlpy.dataset.MDPDataset, Any]:
+    """(the transitions in `data` as d3rlpy's dataset, `algo_name`'s algorithm built on them,
+    its scalers fitted as `fit` does first)."""
+    arrays = np.load(data)
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=arrays["observations"],
+        actions=arrays["actions"],
+        rewards=arrays["rewards"],
+        terminals=arrays["terminals"].astype(np.float32),
+        timeouts=arrays["timeouts"].astype(np.float32),
+    )
+    algo = build(algo_name, batch).create(device="cpu:0")
+    build_scalers_with_transition_picker(algo, dataset)
+    algo.build_with_dataset(dataset)
+    if algo_name == "awac-no-entropy":  # temperature exp(-inf) = 0 in SAC's target
+        get_parameter(algo.impl.modules.log_temp).data.fill_(-float("inf"))
+    return dataset, algo
 
 
 def snapshot_steps(steps: int, interval: int) -> list[int]:
