@@ -5,82 +5,97 @@ benchmarks/results/finetune_NAME.{json,md} and, per dataset, a report (score and
 steps, the dip table) in benchmarks/results/finetune_NAME/DATASET/; the table checks the claims
 about the switch on the runs (`claims_table`).
 
-    python benchmarks/finetune.py --name small --datasets hopper-medium pointmaze-umaze \\
+    python benchmarks/finetune.py benchmarks/sweeps/finetune/switch.toml
+    python benchmarks/finetune.py --name small --datasets hopper-medium pointmaze-umaze \
         --seeds 0 1 2 --offline-steps 20000 --online-steps 20000
 
-Each run is `o2o train --algo A --task DATASET --offline-steps N --online-steps M --seed S`
-(RLPD: no offline steps) with the agent's reference recipe for the task, the preset `o2o
-train` picks (on PointMaze the `navigation` recipes: the reference AntMaze ones; FQL and QC
-have none). `--hidden` sets every network's width, the flows' included. Finished runs in
-runs/bench_finetune/ are reused (after checking that their saved configuration is the one
-asked for), so an interrupted benchmark resumes; `--finished-only` writes the tables from the
-finished runs alone, while others are still training.
+The study is a sweep (`o2o.sweep`): a sweep file, NAME its stem, or the one the flags describe.
+The flags' runs are `o2o train --algo A --task DATASET --offline-steps N --online-steps M
+--seed S` (RLPD: no offline steps) with the agent's reference recipe for the task, the preset
+`o2o train` picks (on PointMaze the `navigation` recipes: the reference AntMaze ones; FQL and
+QC have none); `--hidden` sets every network's width, the flows' included, and IQL mixes the
+online data in as its reference does (`flag_spec`). Runs go to runs/bench_finetune/; finished
+ones are reused (only under the settings they were made with), unfinished ones resume, so an
+interrupted benchmark continues where it stopped; `--finished-only` writes the tables from the
+finished runs alone, while others are still training. `--workers N` or `--ray-address ADDR`
+spread the runs (`o2o sweep`'s backends); the tables are then written once, at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
 
-# One core for the benchmark: set before JAX starts its CPU client.
+# One core per run: set before JAX starts its CPU client.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
 
+from o2o import sweep as o2o_sweep
+from o2o.logging import console
 from o2o.report import stats
 from o2o.report.report import fine_tuning_table, render_report
 from o2o.report.tables import markdown_table
-from o2o.train.pipeline import check_resumable, default_config, train
+from o2o.sweep import Sweep
+from o2o.train.pipeline import default_config
 
 MIN_DIP = 1.0  # normalised-score points: smaller falls are evaluation noise, not unlearning
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench_finetune"
 
 
-def run(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> Path | None:
-    """Train (or reuse) one run; its directory (None: not finished, under --finished-only)."""
-    offline_steps = 0 if algo == "rlpd" else args.offline_steps
+def flag_spec(dataset: str, args: argparse.Namespace) -> dict:
+    """The sweep the flags describe on one dataset. Relative to each agent's recipe for it:
+    `--hidden` for every network; `--start-steps` caps the online steps before updates of the
+    agents that wait (RLPD, QC); IQL's actor learning rate decays over the offline budget, and
+    IQL's fine-tuning appends online transitions to the buffer holding the dataset, uniform
+    over the union (ikostrikov/implicit_q_learning `train_finetune.py`), not the preset's fixed
+    `offline_ratio` stand-in."""
+    hidden = list(args.hidden)
+    agent: dict[str, dict] = {}
+    for algo in args.algos:
+        recipe = default_config(algo, task=dataset).agent
+        fields = {"hidden_dims": hidden}
+        for field in ("actor_hidden_dims", "value_hidden_dims"):  # flow agents' other networks
+            if hasattr(recipe, field):
+                fields[field] = hidden
+        if recipe.start_steps > 0:
+            fields["start_steps"] = min(recipe.start_steps, args.start_steps)
+        if algo == "iql" and recipe.decay_steps is not None:
+            fields["decay_steps"] = args.offline_steps
+        agent[algo] = fields
+    per_algo = {"rlpd": {"offline_steps": 0}, "iql": {"data_mix": "proportional"}}
     width = "x".join(map(str, args.hidden))
-    out = RUNS / f"{dataset}-{algo}-{width}-{offline_steps}-{args.online_steps}-seed{seed}"
-    config = default_config(
-        algo,
-        task=dataset,
-        dataset_size=args.size,
-        offline_steps=offline_steps,
-        online_steps=args.online_steps,
-        seed=seed,
-        eval_interval=args.eval_interval,
-        eval_episodes=args.eval_episodes,
-        out=out,
-    )
-    agent = dataclasses.replace(config.agent, hidden_dims=tuple(args.hidden))
-    for field in ("actor_hidden_dims", "value_hidden_dims"):  # flow agents' other networks
-        if hasattr(agent, field):
-            agent = dataclasses.replace(agent, **{field: tuple(args.hidden)})
-    if agent.start_steps > 0:  # RLPD's random warm-up, QC's wait before updates
-        agent = dataclasses.replace(agent, start_steps=min(agent.start_steps, args.start_steps))
-    if algo == "iql" and agent.decay_steps is not None:
-        agent = dataclasses.replace(agent, decay_steps=offline_steps)  # cosine over the budget
-    # IQL's reference fine-tuning appends online transitions to the buffer holding the dataset
-    # (ikostrikov/implicit_q_learning `train_finetune.py`): uniform over the union, not the
-    # preset's fixed `offline_ratio` stand-in.
-    data_mix = "proportional" if algo == "iql" else config.data_mix
-    config = dataclasses.replace(config, agent=agent, data_mix=data_mix)
-    if (out / "summary.json").exists():
-        check_resumable(out, config)  # a finished run is reused only under the same settings
-    elif args.finished_only:
-        return None
-    else:
-        train(config)
-    return out
+    return {
+        "out": str(RUNS),
+        "run_name": f"{{task}}-{{algo}}-{width}-{{offline_steps}}-{{online_steps}}-seed{{seed}}",
+        "tasks": [dataset],
+        "algos": args.algos,
+        "seeds": args.seeds,
+        "vmap_seeds": False,
+        "train": {
+            "dataset_size": args.size,
+            "offline_steps": args.offline_steps,
+            "online_steps": args.online_steps,
+            "eval_interval": args.eval_interval,
+            "eval_episodes": args.eval_episodes,
+        }
+        | {a: f for a, f in per_algo.items() if a in args.algos},
+        "agent": agent,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True)
+    parser.add_argument(
+        "spec",
+        nargs="?",
+        type=Path,
+        help="a sweep file (then the flags below down to --start-steps are not used)",
+    )
+    parser.add_argument("--name", help="results/finetune_NAME (default: the sweep file's stem)")
     parser.add_argument("--datasets", nargs="+", default=["hopper-medium", "pointmaze-umaze"])
     parser.add_argument("--algos", nargs="+", default=["cql", "calql", "iql", "awac", "rlpd"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -101,25 +116,42 @@ def main() -> None:
         action="store_true",
         help="write the tables from the runs already finished; train nothing",
     )
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time on this machine")
+    parser.add_argument("--ray-address", help="run on a Ray cluster (auto, local or an address)")
     args = parser.parse_args()
-    command = (
-        f"python benchmarks/finetune.py --name {args.name} --datasets {' '.join(args.datasets)} "
-        f"--algos {' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))} "
-        f"--offline-steps {args.offline_steps} --online-steps {args.online_steps} --size "
-        f"{args.size} --hidden {' '.join(map(str, args.hidden))} --eval-interval "
-        f"{args.eval_interval} --eval-episodes "
-        f"{args.eval_episodes} --start-steps {args.start_steps}"
+    script = "benchmarks/finetune.py"
+    sweeps, args.name = o2o_sweep.script_sweeps(
+        script, args.spec, args.name, lambda: [flag_spec(d, args) for d in args.datasets]
     )
-    runs: dict[str, list[str]] = {}
-    for seed in args.seeds:  # seed-major: an interrupted benchmark has every row, fewer seeds
-        for dataset in args.datasets:
-            for algo in args.algos:
-                if (out := run(dataset, algo, seed, args)) is not None:
-                    runs.setdefault(dataset, []).append(str(out))
-                    if not args.finished_only:  # after each run: an interruption loses nothing
-                        write_results(runs, args, command)
-    if args.finished_only:
-        write_results(runs, args, command)
+    if args.spec is not None:
+        command = f"python {script} {args.spec}"
+    else:
+        command = (
+            f"python benchmarks/finetune.py --name {args.name} --datasets "
+            f"{' '.join(args.datasets)} --algos {' '.join(args.algos)} --seeds "
+            f"{' '.join(map(str, args.seeds))} --offline-steps {args.offline_steps} "
+            f"--online-steps {args.online_steps} --size {args.size} --hidden "
+            f"{' '.join(map(str, args.hidden))} --eval-interval {args.eval_interval} "
+            f"--eval-episodes {args.eval_episodes} --start-steps {args.start_steps}"
+        )
+    units = [] if args.finished_only else [u for s in sweeps for u in s.units()]
+    units.sort(key=lambda u: min(u.seeds))  # seed-major: an interruption leaves whole rows
+    if args.ray_address is not None or args.workers > 1:
+        failures = (
+            o2o_sweep.run_ray(units, args.ray_address, 1.0)
+            if args.ray_address is not None
+            else o2o_sweep.run_local(units, args.workers)
+        )
+    else:  # one run after another, the tables after each: an interruption loses nothing
+        failures = {}
+        for unit in units:
+            failures |= o2o_sweep.run_local([unit], 1)
+            write_results(sweeps, args.name, command)
+    write_results(sweeps, args.name, command)
+    if failures:
+        raise SystemExit(
+            f"{len(failures)} unit(s) failed twice: {', '.join(u.label for u in failures)}"
+        )
 
 
 def claims_table(summaries: list[dict]) -> str:
@@ -190,12 +222,22 @@ def claims_table(summaries: list[dict]) -> str:
     return markdown_table(rows, columns) if rows else ""
 
 
-def write_results(runs: dict[str, list[str]], args: argparse.Namespace, command: str) -> None:
+def finished_runs(sweeps: list[Sweep]) -> dict[str, list[Path]]:
+    """The finished run directories per dataset, seed-major."""
+    configs = [c for s in sweeps for u in s.units(skip_finished=False) for c in u.configs()]
+    runs: dict[str, list[Path]] = {}
+    for config in sorted(configs, key=lambda c: c.seed):
+        if (config.out / "summary.json").exists():
+            runs.setdefault(config.task, []).append(config.out)
+    return runs
+
+
+def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
     """The table, summaries and per-dataset reports of the runs finished so far."""
-    stem = RESULTS / f"finetune_{args.name}"
+    stem = RESULTS / f"finetune_{name}"
+    runs = finished_runs(sweeps)
     summaries = {
-        d: [json.loads((Path(r) / "summary.json").read_text()) for r in rs]
-        for d, rs in runs.items()
+        d: [json.loads((r / "summary.json").read_text()) for r in rs] for d, rs in runs.items()
     }
     sections = []
     for dataset, run_dirs in runs.items():
@@ -207,14 +249,18 @@ def write_results(runs: dict[str, list[str]], args: argparse.Namespace, command:
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": summaries}, indent=1)
     )
+    configs = [c for s in sweeps for u in s.units(skip_finished=False) for c in u.configs()]
+    seeds = sorted({c.seed for c in configs})
+    widths = sorted({"x".join(map(str, c.agent.hidden_dims)) for c in configs})
     title = (
-        f"# Offline-to-online: {args.offline_steps} offline updates, {args.online_steps} online "
-        f"steps, seeds {' '.join(map(str, args.seeds))} (the seeds column: how many finished), "
-        f"networks {'x'.join(map(str, args.hidden))}"
+        f"# Offline-to-online: {max(c.offline_steps for c in configs)} offline updates, "
+        f"{max(c.online_steps for c in configs)} online steps, seeds "
+        f"{' '.join(map(str, seeds))} (the seeds column: how many finished), networks "
+        f"{', '.join(widths)}"
     )
     text = f"{title}\n\n`{command}`\n\n{stats.note()}\n\n"
     stem.with_suffix(".md").write_text(text + "\n".join(sections))
-    print(f"wrote {stem}.{{json,md}} and the reports in {stem}/")
+    console.print(f"wrote {stem}.{{json,md}} and the reports in {stem}/")
 
 
 if __name__ == "__main__":

@@ -2,26 +2,28 @@
 at a fixed update budget, with d3rlpy's BC, TD3+BC, CQL, IQL and AWAC on the identical data,
 budget and seeds, side by side in the same run. Writes benchmarks/results/offline_NAME.{json,md}.
 
+    python benchmarks/offline.py benchmarks/sweeps/offline/parity-cql.toml --peer
     python benchmarks/offline.py --name peer-10k --datasets hopper-medium \\
         walker2d-medium-replay --algos bc-det td3bc cql iql awac --seeds 0 1 2 --steps 10000 --peer
 
-Each o2o run is `o2o train --algo A --task D --offline-steps STEPS --online-steps 0 --seed S`
-with the agent's reference recipe; the score is its final evaluation (10 deterministic
-episodes from fixed reset seeds). With `--peer`, d3rlpy trains in the peer venv
-(`make bench-venv`) on the same training episodes (o2o's held-out episodes are withheld from
-both), in a subprocess running alongside the o2o run, and is then scored by o2o's evaluator on
-the same environments and reset seeds (benchmarks/peer_d3rlpy_offline.py). Each library gets one
-CPU core (XLA and torch single-threaded), so updates per second compare like with like:
-o2o's is the rate over its last evaluation interval (compiled, evaluation excluded), d3rlpy's
-over its whole update loop.
+The study is a sweep (`o2o.sweep`): a sweep file (no online steps; NAME its stem), or the one the
+flags describe, whose runs are `o2o train --algo A --task D --offline-steps STEPS --online-steps 0
+--seed S` with the agent's reference recipe. Each run's score is the mean of its last evaluations
+(10 deterministic episodes from fixed reset seeds each). With `--peer`, d3rlpy trains in the peer
+venv (`make bench-venv`) on the same training episodes (o2o's held-out episodes are withheld from
+both), in a subprocess running alongside the o2o run, and is then scored by o2o's evaluator on the
+same environments and reset seeds (benchmarks/peer_d3rlpy_offline.py). Each library gets one CPU
+core (XLA and torch single-threaded), so updates per second compare like with like: o2o's is the
+rate over its last evaluation interval (compiled, evaluation excluded), d3rlpy's over its whole
+update loop.
 
-`--set ALGO.FIELD=VALUE` changes one field of an agent's recipe, and the run directories and
-the table's rows name the change (e.g. `--set qc.hidden_dims=256,256`: at its reference 4x512
-networks QC does about 0.4 updates/s on one core, 2 hours per 3,000 updates).
+`--set ALGO.FIELD=VALUE` (a sweep file's [agent.ALGO]) changes one field of an agent's recipe, and
+the run directories and the table's rows name the change (e.g. `--set qc.hidden_dims=256,256`: at
+its reference 4x512 networks QC does about 0.4 updates/s on one core, 2 hours per 3,000 updates).
 
-Resumable: finished o2o runs (runs/bench_offline/; reused only if their saved configuration is
-the one asked for) and peer results are reused, so re-running
-the same command after an interruption continues where it stopped.
+Resumable: finished o2o runs (runs/bench_offline/; reused only if their saved configuration is the
+one asked for), unfinished ones resume from their checkpoints, and peer results are reused, so the
+same command run again after an interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from o2o.agents import get_agent
+from o2o import sweep as o2o_sweep
 from o2o.data.formats import save_native
 from o2o.data.generate import make_dataset
 from o2o.envs.tasks import parse_task
@@ -54,8 +56,9 @@ from o2o.logging import read_metrics
 from o2o.report import stats
 from o2o.report.report import curves_figure
 from o2o.report.tables import markdown_table
+from o2o.sweep import Unit
 from o2o.train.evaluate import Evaluator
-from o2o.train.pipeline import check_resumable, default_config, hold_out_episodes, train
+from o2o.train.pipeline import TrainConfig, hold_out_episodes
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -64,19 +67,15 @@ PEER_PYTHON = ROOT.parent / ".venv-bench" / "bin" / "python"
 PEERS = {"bc-det": "bc", "td3bc": "td3+bc", "cql": "cql", "iql": "iql", "awac": "awac"}
 
 
-def parse_overrides(items: list[str], algos: list[str]) -> dict[str, dict[str, Any]]:
-    """`--set ALGO.FIELD=VALUE` items as {algo: {field: value}}; a comma makes a tuple. Each
-    ALGO must be one of `algos`, the benchmark's agents."""
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set ALGO.FIELD=VALUE` items as {algo: {field: value}}; a comma makes a tuple (the
+    sweep checks that each field is its algorithm's)."""
     overrides: dict[str, dict[str, Any]] = {}
     for item in items:
         target, _, text = item.partition("=")
         algo, _, field = target.partition(".")
         if not text or not field:
             raise SystemExit(f"--set {item!r}: expected ALGO.FIELD=VALUE, e.g. qc.num_samples=8")
-        if algo not in algos:
-            raise SystemExit(f"--set {item!r}: {algo} is not in --algos ({' '.join(algos)})")
-        if field not in {f.name for f in dataclasses.fields(get_agent(algo).default_config)}:
-            raise SystemExit(f"--set {item!r}: {algo}'s config has no field {field!r}")
         try:
             values = tuple(ast.literal_eval(v) for v in text.split(",") if v)
         except (ValueError, SyntaxError):
@@ -88,45 +87,38 @@ def parse_overrides(items: list[str], algos: list[str]) -> dict[str, dict[str, A
     return overrides
 
 
-def _shown(algo: str, args: argparse.Namespace) -> list[str]:
-    fields = args.overrides.get(algo, {})
-    return [
-        f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in fields.items()
-    ]
+def flag_spec(args: argparse.Namespace) -> dict:
+    """The sweep the flags describe: each run in runs/bench_offline/DATASET-ALGO[-FIELD=VALUE
+    ...]-STEPS-seedS, the seeds one at a time (side by side with d3rlpy's)."""
+    return {
+        "out": str(RUNS),
+        "run_name": "{task}-{algo}{overrides}-{offline_steps}-seed{seed}",
+        "tasks": args.datasets,
+        "algos": args.algos,
+        "seeds": args.seeds,
+        "vmap_seeds": False,
+        "train": {
+            "dataset_size": args.size,
+            "offline_steps": args.steps,
+            "online_steps": 0,
+            "eval_interval": args.eval_interval or args.steps // 2,
+            "eval_episodes": args.eval_episodes,
+            "holdout_episodes": args.holdout_episodes,
+        },
+        "agent": parse_overrides(args.set),
+    }
 
 
-def label(algo: str, args: argparse.Namespace) -> str:
-    """`algo`, with its `--set` overrides when it has any: e.g. 'qc (hidden_dims=256x256)'."""
-    shown = _shown(algo, args)
-    return f"{algo} ({', '.join(shown)})" if shown else algo
+def label(unit: Unit) -> str:
+    """The unit's algorithm, with the fields the sweep sets: e.g. 'qc (hidden_dims=256x256)'."""
+    return f"{unit.algo} ({', '.join(unit.overrides)})" if unit.overrides else unit.algo
 
 
-def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train (or reuse) one o2o run; its curve (normalised score at every evaluation), final
-    score and training speed."""
-    tag = "-".join([algo, *_shown(algo, args)])
-    out = RUNS / f"{dataset}-{tag}-{args.steps}-seed{seed}"
-    config = default_config(
-        algo,
-        task=dataset,
-        dataset_size=args.size,
-        offline_steps=args.steps,
-        online_steps=0,
-        seed=seed,
-        eval_interval=eval_interval(args),
-        eval_episodes=args.eval_episodes,
-        holdout_episodes=args.holdout_episodes,
-        out=out,
-    )
-    config = dataclasses.replace(
-        config, agent=dataclasses.replace(config.agent, **args.overrides.get(algo, {}))
-    )
-    if (out / "summary.json").exists():
-        check_resumable(out, config)  # a finished run is reused only under the same settings
-    else:
-        train(config)
-    summary = json.loads((out / "summary.json").read_text())
-    records = read_metrics(out)
+def o2o_result(config: TrainConfig) -> dict:
+    """One finished o2o run: its curve (normalised score at every evaluation), final score and
+    training speed."""
+    summary = json.loads((config.out / "summary.json").read_text())
+    records = read_metrics(config.out)
     last = records[-1]  # the last interval: compiled, no evaluation inside
     return {
         "curve": [
@@ -139,33 +131,30 @@ def o2o_result(dataset: str, algo: str, seed: int, args: argparse.Namespace) -> 
         "seconds": summary["offline_wall_s"],
         "holdout_q_bias": last.get("holdout_q_bias"),
         "q_bias": last.get("q_bias"),
-        "run_dir": str(out),
+        "run_dir": str(config.out),
     }
 
 
-def peer_data(dataset: str, args: argparse.Namespace) -> Path:
-    """The training episodes o2o uses (held-out ones withheld), in env units, for d3rlpy.
+def peer_data(config: TrainConfig) -> Path:
+    """The training episodes o2o's run uses (held-out ones withheld), in env units, for d3rlpy.
     Episode ends that are not terminals (time limits, broken trajectories) become timeouts, so
     d3rlpy splits episodes where o2o does."""
-    path = RUNS / "peer_data" / f"{dataset}-{args.size}-holdout{args.holdout_episodes}.npz"
+    name = f"{config.task}-{config.dataset_size}-holdout{config.holdout_episodes}.npz"
+    path = RUNS / "peer_data" / name
     if not path.exists():
-        data, _ = make_dataset(dataset, args.size)
-        data, _ = hold_out_episodes(data, args.holdout_episodes)
+        data, _ = make_dataset(config.task, config.dataset_size)
+        data, _ = hold_out_episodes(data, config.holdout_episodes)
         ends = data.timeouts | (data.episode_ends & ~data.terminals)
         save_native(dataclasses.replace(data, timeouts=ends), path)
     return path
 
 
-def eval_interval(args: argparse.Namespace) -> int:
-    """Updates between evaluations, the same for both libraries."""
-    return args.eval_interval or args.steps // 2
-
-
-def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
-    """Launch d3rlpy training for one (dataset, algo, seed) unless its result exists; it saves
-    its model at every evaluation step of o2o's run, to be scored along the way."""
-    every = eval_interval(args)
-    stem = f"{dataset}-{args.peers[algo]}-{args.steps}-every{every}-seed{seed}"
+def start_peer(config: TrainConfig, peer: str):
+    """Launch d3rlpy's `peer` recipe on the data, budget and seed of o2o's run `config` unless
+    its result exists; it saves its model at every evaluation step of o2o's run, to be scored
+    along the way."""
+    every = config.eval_interval
+    stem = f"{config.task}-{peer}-{config.offline_steps}-every{every}-seed{config.seed}"
     path = RUNS / "peer" / f"{stem}.json"
     if path.exists():
         return path, None
@@ -174,10 +163,10 @@ def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
     cmd = [
         str(PEER_PYTHON),
         str(ROOT / "peer_d3rlpy_offline.py"),
-        f"--algo={args.peers[algo]}",
-        f"--data={peer_data(dataset, args)}",
-        f"--steps={args.steps}",
-        f"--seed={seed}",
+        f"--algo={peer}",
+        f"--data={peer_data(config)}",
+        f"--steps={config.offline_steps}",
+        f"--seed={config.seed}",
         f"--eval-interval={every}",
         f"--snapshots={RUNS / 'peer' / stem}",
     ]
@@ -188,7 +177,7 @@ def start_peer(dataset: str, algo: str, seed: int, args: argparse.Namespace):
     return path, proc
 
 
-def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namespace) -> dict:
+def finish_peer(path: Path, proc, config: TrainConfig) -> dict:
     """Wait for d3rlpy's training, score each of its snapshots with o2o's evaluator (the same
     environments and reset seeds as o2o's evaluations), save the result with its curve."""
     if proc is not None:
@@ -204,8 +193,8 @@ def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namesp
         def policy(observations: np.ndarray) -> np.ndarray:
             return np.asarray(ask(observations.tolist()), np.float32)
 
-        task, _ = parse_task(dataset)
-        evaluator = Evaluator(task, args.eval_episodes, seed=10_000 + seed, gamma=0.99)
+        task, _ = parse_task(config.task)
+        evaluator = Evaluator(task, config.eval_episodes, seed=10_000 + config.seed, gamma=0.99)
         curve = []
         for step in result.pop("snapshots"):
             ask({"load": step})
@@ -223,7 +212,10 @@ def finish_peer(path: Path, proc, dataset: str, seed: int, args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True, help="results/offline_NAME.{json,md}")
+    parser.add_argument(
+        "spec", nargs="?", type=Path, help="a sweep file (then --datasets ... --set are not used)"
+    )
+    parser.add_argument("--name", help="results/offline_NAME.{json,md} (default: the file's stem)")
     parser.add_argument("--datasets", nargs="+", default=["hopper-medium"])
     parser.add_argument("--algos", nargs="+", default=list(PEERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -232,7 +224,6 @@ def main() -> None:
     parser.add_argument("--eval-interval", type=int, default=0, help="0: half the steps")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--holdout-episodes", type=int, default=10)
-    parser.add_argument("--peer", action="store_true", help="d3rlpy side by side")
     parser.add_argument(
         "--set",
         nargs="+",
@@ -241,6 +232,7 @@ def main() -> None:
         help="override a field of one agent's recipe, e.g. qc.hidden_dims=256,256; the run "
         "directories and the table name the overrides",
     )
+    parser.add_argument("--peer", action="store_true", help="d3rlpy side by side")
     parser.add_argument(
         "--peer-algo",
         nargs="+",
@@ -250,31 +242,77 @@ def main() -> None:
         "peer_d3rlpy_offline.py, e.g. awac=awac-no-entropy",
     )
     args = parser.parse_args()
-    args.overrides = parse_overrides(args.set, args.algos)
-    args.peers = PEERS | dict(item.split("=", 1) for item in args.peer_algo)
+    script = "benchmarks/offline.py"
+    [sweep], args.name = o2o_sweep.script_sweeps(
+        script, args.spec, args.name, lambda: [flag_spec(args)]
+    )
+    if args.spec is not None:
+        command = f"python {script} {args.spec}"
+    else:
+        command = (
+            f"python benchmarks/offline.py --name {args.name} --datasets "
+            f"{' '.join(args.datasets)} --algos {' '.join(args.algos)} --seeds "
+            f"{' '.join(map(str, args.seeds))} --steps {args.steps} --size {args.size} "
+            f"--eval-interval {args.eval_interval} --eval-episodes {args.eval_episodes} "
+            f"--holdout-episodes {args.holdout_episodes}"
+        )
+    command += (
+        (" --peer" if args.peer else "")
+        + (f" --set {' '.join(args.set)}" if args.set and args.spec is None else "")
+        + (f" --peer-algo {' '.join(args.peer_algo)}" if args.peer_algo else "")
+    )
+    # One run at a time, algorithm-major (a cut-short benchmark still has whole rows), each
+    # beside its d3rlpy run.
+    order = {a: i for i, a in enumerate(sweep.algos)} | {t: i for i, t in enumerate(sweep.tasks)}
+    runs = sorted(
+        ((unit, config) for unit in sweep.units(skip_finished=False) for config in unit.configs()),
+        key=lambda run: (order[run[0].algo], order[run[0].task], run[1].seed),
+    )
+    if any(config.online_steps for _, config in runs):
+        raise SystemExit(
+            f"{sweep.path}: an offline benchmark has no online steps; set [train] online_steps = 0"
+        )
+    args.datasets, args.algos, args.seeds = list(sweep.tasks), list(sweep.algos), sweep.seeds
+    args.labels = {unit.algo: label(unit) for unit, _ in runs}
+    args.command, args.title = command, title([config for _, config in runs])
+    peers = PEERS | dict(item.split("=", 1) for item in args.peer_algo)
     (RUNS / "peer").mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict] = {}
-    for algo in args.algos:  # algorithm-major: a cut-short run still has whole rows
-        for dataset in args.datasets:
-            for seed in args.seeds:
-                key = f"{dataset}/{label(algo, args)}/{seed}"
-                start = time.perf_counter()
-                peer = args.peer and algo in PEERS
-                path, proc = start_peer(dataset, algo, seed, args) if peer else (None, None)
-                results[key] = {"o2o": o2o_result(dataset, algo, seed, args)}
-                if peer:
-                    results[key]["d3rlpy"] = finish_peer(path, proc, dataset, seed, args)
-                took = time.perf_counter() - start
-                print(f"{key}: {json.dumps(results[key])} ({took:.0f} s)", flush=True)
-                write_results(results, args)
+    for unit, config in runs:
+        key = f"{config.task}/{label(unit)}/{config.seed}"
+        start = time.perf_counter()
+        peer = peers[unit.algo] if args.peer and unit.algo in PEERS else None
+        path, proc = start_peer(config, peer) if peer else (None, None)
+        if not o2o_sweep.finished(config):
+            o2o_sweep.run_unit(dataclasses.replace(unit, seeds=(config.seed,)))
+        results[key] = {"o2o": o2o_result(config)}
+        if peer:
+            results[key]["d3rlpy"] = finish_peer(path, proc, config)
+        took = time.perf_counter() - start
+        print(f"{key}: {json.dumps(results[key])} ({took:.0f} s)", flush=True)
+        write_results(results, args)
+
+
+def title(configs: list[TrainConfig]) -> str:
+    """The results' heading: the budget, seeds, data and evaluations of the runs."""
+
+    def values(field: str, sep: str = "/") -> str:  # several: a sweep with [train.ALGO]
+        found = {getattr(c, field) for c in configs}
+        return sep.join(map(str, sorted(found, key=lambda v: (type(v).__name__, v))))
+
+    return (
+        f"# Offline benchmark: {values('offline_steps')} updates, seeds {values('seed', ' ')}, "
+        f"{values('dataset_size')}-transition datasets, evaluations every "
+        f"{values('eval_interval')} updates ({values('eval_episodes')} episodes)"
+    )
 
 
 def finished_runs(
     results: dict[str, dict], dataset: str, algo: str, args: argparse.Namespace
 ) -> list[dict] | None:
     """The results of every seed of (dataset, algo), or None while any is missing."""
-    runs = [results.get(f"{dataset}/{label(algo, args)}/{seed}") for seed in args.seeds]
+    runs = [results.get(f"{dataset}/{args.labels[algo]}/{seed}") for seed in args.seeds]
     return None if None in runs else runs
 
 
@@ -288,7 +326,7 @@ def overview_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     all finished, and the IQM over every run of a complete row (datasets pooled)."""
     rows = []
     for algo in args.algos:
-        row: dict[str, Any] = {"algo": label(algo, args)}
+        row: dict[str, Any] = {"algo": args.labels[algo]}
         cells = {}
         for dataset in args.datasets:
             if runs := finished_runs(results, dataset, algo, args):
@@ -313,7 +351,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
             runs = finished_runs(results, dataset, algo, args)
             if runs is None:
                 continue
-            name = label(algo, args)
+            name = args.labels[algo]
             o2o = scores(runs, "o2o")
             row = {
                 "dataset": dataset,
@@ -344,23 +382,11 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "o2o_ups": "o2o updates/s",
         "d3rlpy_ups": "d3rlpy updates/s",
     }
-    command = (
-        f"python benchmarks/offline.py --name {args.name} --datasets {' '.join(args.datasets)} "
-        f"--algos {' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))} --steps "
-        f"{args.steps} --size {args.size} --eval-interval {args.eval_interval} --eval-episodes "
-        f"{args.eval_episodes} --holdout-episodes {args.holdout_episodes}"
-        + (" --peer" if args.peer else "")
-        + (f" --set {' '.join(args.set)}" if args.set else "")
-        + (f" --peer-algo {' '.join(args.peer_algo)}" if args.peer_algo else "")
-    )
+    command = args.command
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": results}, indent=1)
     )
-    title = (
-        f"# Offline benchmark: {args.steps} updates, seeds {' '.join(map(str, args.seeds))}, "
-        f"{args.size}-transition datasets, evaluations every {eval_interval(args)} updates "
-        f"({args.eval_episodes} episodes)"
-    )
+    title = args.title
     notes = f"Scores: D4RL-normalised. {stats.note(run_scores=True)} " + (
         "Speeds: updates/s on one core each, the two libraries running side by side (o2o: its "
         "last evaluation interval, after compilation; d3rlpy: its whole run), by the wall "

@@ -9,17 +9,25 @@ A sweep file:
     seeds = [0, 1]
     vmap_seeds = true                   # the seeds of one (task, algo) in one process, their
                                         # offline updates vmapped together (`--seeds`)
-    [train]                             # TrainConfig fields for every run (`o2o train`'s flags)
+    [train]                             # TrainConfig fields for every run (`o2o train`'s flags)...
     offline_steps = 300
     online_steps = 0
+    [train.iql]                         # ...and for one algorithm's runs
+    data_mix = "proportional"
     [agent]                             # agent fields for every algorithm...
     hidden_dims = [64, 64]
     [agent.iql]                         # ...and for one of them
     expectile = 0.8
 
+`run_name` (optional) names each run's directory under OUT, a Python format string over the
+run's TrainConfig fields (`{task}`, `{algo}`, `{seed}`, `{offline_steps}`...) and `{overrides}`
+(the agent fields the sweep sets for that algorithm, as `-FIELD=VALUE` each); the default is
+"{task}/{algo}/seed{seed}". The benchmarks' sweeps (benchmarks/sweeps/) keep their own names.
+
 Every run starts from its algorithm's reference recipe for its task (`task_preset`). A unit of
 work is one (task, algo) and its unfinished seeds (or one seed, with `vmap_seeds = false`).
-Finished runs are skipped, unfinished ones resume from their checkpoints, a failed unit is
+Finished runs are skipped (refused, naming the fields, when they were made with other settings),
+unfinished ones resume from their checkpoints, a failed unit is
 retried once and, if it fails again, reported at the end (exit status 1) with its error; the
 others go on. The sweep ends with the aggregated table (IQM over seeds, bootstrap intervals)
 and the HTML report of every finished run (OUT/report).
@@ -41,14 +49,15 @@ from o2o.agents import get_agent
 from o2o.envs.tasks import parse_task
 from o2o.logging import console, read_json
 
-SPEC_KEYS = {"out", "tasks", "algos", "seeds", "vmap_seeds", "train", "agent"}
+SPEC_KEYS = {"out", "run_name", "tasks", "algos", "seeds", "vmap_seeds", "train", "agent"}
+RUN_NAME = "{task}/{algo}/seed{seed}"
 FIXED_FIELDS = {"algo", "task", "seed", "out", "agent", "preset"}  # set by the sweep itself
 RETRIES = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One unit of work: `algo` on `task` for `seeds`, in OUT/TASK/ALGO/seedS. Plain data, so
+    """One unit of work: `algo` on `task` for `seeds`, each in OUT/`run_name`. Plain data, so
     that it travels to worker processes and Ray workers."""
 
     task: str
@@ -56,26 +65,37 @@ class Unit:
     seeds: tuple[int, ...]
     out: str
     train: tuple[tuple[str, Any], ...]  # TrainConfig fields
-    agent: tuple[tuple[str, Any], ...]  # agent fields
+    agent: tuple[tuple[str, Any], ...]  # agent fields, in the sweep's order
+    run_name: str = RUN_NAME
 
     @property
     def label(self) -> str:
         return f"{self.task} {self.algo} seeds {' '.join(map(str, self.seeds))}"
 
+    @property
+    def overrides(self) -> list[str]:
+        """The agent fields this unit sets, as FIELD=VALUE (a tuple's items joined by x)."""
+        return [
+            f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in self.agent
+        ]
+
     def configs(self) -> list:
-        """The TrainConfig of each seed."""
+        """The TrainConfig of each seed, its `out` the run's directory."""
         from o2o.train.pipeline import default_config
 
         base = default_config(self.algo, task=self.task, **dict(self.train))
-        agent = dataclasses.replace(base.agent, **dict(self.agent))
+        base = dataclasses.replace(base, agent=dataclasses.replace(base.agent, **dict(self.agent)))
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        overrides = "".join(f"-{o}" for o in self.overrides)
         return [
-            dataclasses.replace(base, agent=agent, seed=seed, out=run_dir(self.out, self, seed))
+            dataclasses.replace(
+                base,
+                seed=seed,
+                out=Path(self.out)
+                / self.run_name.format(**fields | {"seed": seed, "overrides": overrides}),
+            )
             for seed in self.seeds
         ]
-
-
-def run_dir(out: str | Path, unit: Unit, seed: int) -> Path:
-    return Path(out) / unit.task / unit.algo / f"seed{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +108,11 @@ class Sweep:
     algos: tuple[str, ...]
     seeds: tuple[int, ...]
     vmap_seeds: bool
-    train: dict[str, Any]
+    train: dict[str, Any]  # fields for every run
+    train_by_algo: dict[str, dict[str, Any]]
     agent: dict[str, Any]  # fields for every algorithm
     agent_by_algo: dict[str, dict[str, Any]]
+    run_name: str = RUN_NAME
 
     @classmethod
     def load(cls, path: str | Path) -> Sweep:
@@ -102,6 +124,12 @@ class Sweep:
             spec = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{path}: not valid TOML ({error})") from None
+        return cls.from_spec(spec, path)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], path: Path) -> Sweep:
+        """A sweep from a sweep file's contents (a benchmark's flags build one); errors name
+        `path`, the file or the command the spec came from."""
         unknown = set(spec) - SPEC_KEYS
         if unknown:
             raise ValueError(
@@ -124,16 +152,18 @@ class Sweep:
                 get_agent(algo)
             except ValueError as error:
                 raise ValueError(f"{path}: algos: {error}") from None
-        train = spec.get("train", {})
-        agent = spec.get("agent", {})
-        by_algo = {k: v for k, v in agent.items() if isinstance(v, dict)}
-        common = {k: v for k, v in agent.items() if not isinstance(v, dict)}
-        stray = set(by_algo) - set(spec["algos"])
-        if stray:
-            raise ValueError(
-                f"{path}: [agent.{sorted(stray)[0]}] names an algorithm the sweep does not run; "
-                f"its algos: {spec['algos']}"
-            )
+        tables = {}
+        for key in ("train", "agent"):
+            table = spec.get(key, {})
+            by_algo = {k: v for k, v in table.items() if isinstance(v, dict)}
+            stray = set(by_algo) - set(spec["algos"])
+            if stray:
+                raise ValueError(
+                    f"{path}: [{key}.{sorted(stray)[0]}] names an algorithm the sweep does not "
+                    f"run; its algos: {spec['algos']}"
+                )
+            common = {k: v for k, v in table.items() if not isinstance(v, dict)}
+            tables[key] = (common, by_algo)
         sweep = cls(
             path=path,
             out=Path(spec.get("out", f"runs/sweeps/{path.stem}")),
@@ -141,15 +171,26 @@ class Sweep:
             algos=tuple(spec["algos"]),
             seeds=tuple(spec["seeds"]),
             vmap_seeds=bool(spec.get("vmap_seeds", True)),
-            train=train,
-            agent=common,
-            agent_by_algo=by_algo,
+            train=tables["train"][0],
+            train_by_algo=tables["train"][1],
+            agent=tables["agent"][0],
+            agent_by_algo=tables["agent"][1],
+            run_name=spec.get("run_name", RUN_NAME),
         )
-        try:  # every run's config builds
-            for unit in sweep.units(skip_finished=False):
-                unit.configs()
+        try:  # every run's config builds, in a directory of its own
+            dirs = sweep.run_dirs()
+        except KeyError as error:
+            raise ValueError(
+                f"{path}: run_name {sweep.run_name!r} has no field {error}; it can use "
+                "{overrides} and TrainConfig's fields ({task}, {algo}, {seed}, ...)"
+            ) from None
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
+        if len(set(dirs)) < len(dirs):
+            raise ValueError(
+                f"{path}: run_name {sweep.run_name!r} gives several runs one directory; name "
+                "{task}, {algo} and {seed} in it"
+            )
         return sweep
 
     def _fields(self, algo: str) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]]:
@@ -157,7 +198,8 @@ class Sweep:
         from o2o.train.pipeline import TrainConfig
 
         names = {f.name for f in dataclasses.fields(TrainConfig)} - FIXED_FIELDS
-        bad = set(self.train) - names
+        train = self.train | self.train_by_algo.get(algo, {})
+        bad = set(train) - names
         if bad:
             raise ValueError(
                 f"[train] has unknown or fixed fields {sorted(bad)}; allowed: {sorted(names)}"
@@ -170,9 +212,9 @@ class Sweep:
                 f"[agent] fields {sorted(bad)} are not {algo}'s; move them to [agent.OTHER] "
                 "for the algorithm they belong to"
             )
-        train = {k: Path(v) if k == "dataset" else v for k, v in self.train.items()}
+        train = {k: Path(v) if k == "dataset" else v for k, v in train.items()}
         agent = {k: tuple(v) if isinstance(v, list) else v for k, v in agent.items()}
-        return tuple(sorted(train.items())), tuple(sorted(agent.items()))
+        return tuple(sorted(train.items())), tuple(agent.items())
 
     def units(self, skip_finished: bool = True) -> list[Unit]:
         """The work: per (task, algo) its seeds not yet finished, together or one each."""
@@ -180,7 +222,7 @@ class Sweep:
         for task in self.tasks:
             for algo in self.algos:
                 train, agent = self._fields(algo)
-                whole = Unit(task, algo, self.seeds, str(self.out), train, agent)
+                whole = Unit(task, algo, self.seeds, str(self.out), train, agent, self.run_name)
                 seeds = [c.seed for c in whole.configs() if not (skip_finished and finished(c))]
                 groups = [seeds] if self.vmap_seeds else [[s] for s in seeds]
                 units += [dataclasses.replace(whole, seeds=tuple(g)) for g in groups if g]
@@ -188,23 +230,36 @@ class Sweep:
 
     def run_dirs(self) -> list[Path]:
         """Every run directory of the sweep, finished or not."""
-        return [
-            run_dir(self.out, unit, seed)
-            for unit in self.units(skip_finished=False)
-            for seed in unit.seeds
-        ]
+        return [c.out for unit in self.units(skip_finished=False) for c in unit.configs()]
+
+
+def script_sweeps(
+    script: str, path: Path | None, name: str | None, flag_specs: Callable[[], list[dict]]
+) -> tuple[list[Sweep], str]:
+    """A benchmark script's study: the sweep file at `path` (NAME its stem unless `name`
+    is given), or the sweeps its flags describe (`flag_specs`, called only then; NAME
+    required); (the sweeps, NAME). A bad file or flag exits with the message."""
+    try:
+        if path is not None:
+            return [Sweep.load(path)], name or path.stem
+        if name is None:
+            raise ValueError(f"{script}: give a sweep file or --name")
+        return [Sweep.from_spec(s, Path(f"{script} --name {name}")) for s in flag_specs()], name
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
 
 
 def finished(config: Any) -> bool:
-    """Whether a run has its summary at the configured budget."""
+    """Whether a run has its summary at the configured budget. A finished run is reused only
+    under the same settings (`check_resumable` raises otherwise); one whose online budget grew
+    is not finished (it resumes)."""
+    from o2o.train.pipeline import check_resumable
+
     path = config.run_dir() / "summary.json"
     if not path.exists():
         return False
-    saved = read_json(path.parent / "config.json")
-    return (saved["offline_steps"], saved["online_steps"]) == (
-        config.offline_steps,
-        config.online_steps,
-    )
+    check_resumable(path.parent, config)
+    return read_json(path.parent / "config.json")["online_steps"] == config.online_steps
 
 
 def run_unit(unit: Unit) -> list[str]:

@@ -44,6 +44,9 @@ def spec_file(tmp_path, name="study", algos=("td3bc",), seeds=(0, 1), **extra) -
         ({"agent": ["expectil = 0.8"]}, "expectil"),
         ({"agent": ["[agent.sac]", "utd_ratio = 2"]}, "agent.sac"),
         ({"algos": ("td3bc", "iql"), "agent": ["actor_bc = 1.0"]}, "not iql's"),
+        ({"agent": ["[train.sac]", "offline_steps = 5"]}, "train.sac"),
+        ({"top": ['run_name = "{task}-{algo}"']}, "several runs one directory"),
+        ({"top": ['run_name = "{algo}-{width}-{seed}"']}, "no field 'width'"),
     ],
 )
 def test_bad_sweep_files_are_refused_naming_the_file(tmp_path, change, message):
@@ -51,6 +54,27 @@ def test_bad_sweep_files_are_refused_naming_the_file(tmp_path, change, message):
     with pytest.raises(ValueError, match=message) as error:
         Sweep.load(path)
     assert str(path) in str(error.value)
+
+
+def test_run_names_and_settings_per_algorithm(tmp_path):
+    """`run_name` over the run's fields and the agent fields set; [train.ALGO] for one
+    algorithm's runs."""
+    path = spec_file(
+        tmp_path,
+        algos=("td3bc", "iql"),
+        top=['run_name = "{task}-{algo}{overrides}-{offline_steps}-s{seed}"'],
+        agent=["[agent.iql]", "expectile = 0.9", "[train.iql]", "offline_steps = 10"],
+    )
+    spec = Sweep.load(path)
+    names = [d.name for d in spec.run_dirs()]
+    assert names == [
+        "hopper-td3bc-hidden_dims=8x8-batch_size=8-20-s0",
+        "hopper-td3bc-hidden_dims=8x8-batch_size=8-20-s1",
+        "hopper-iql-hidden_dims=8x8-batch_size=8-expectile=0.9-10-s0",
+        "hopper-iql-hidden_dims=8x8-batch_size=8-expectile=0.9-10-s1",
+    ]
+    iql = [c for u in spec.units() if u.algo == "iql" for c in u.configs()]
+    assert [(c.offline_steps, c.agent.expectile) for c in iql] == [(10, 0.9), (10, 0.9)]
 
 
 def test_local_sweep_skips_finished_runs_and_retries(tmp_path, monkeypatch):
@@ -61,6 +85,11 @@ def test_local_sweep_skips_finished_runs_and_retries(tmp_path, monkeypatch):
     assert len(dirs) == 2 and all((d / "summary.json").exists() for d in dirs)
     assert (tmp_path / "study" / "report" / "report.html").exists()
     assert spec.units() == []  # all finished
+    # Finished runs are not reused under other settings.
+    other = spec_file(tmp_path, name="other", agent=["discount = 0.9"])
+    other.write_text(other.read_text().replace(str(tmp_path / "other"), str(tmp_path / "study")))
+    with pytest.raises(ValueError, match="discount"):
+        Sweep.load(other).units()
     # A run lost (killed before its summary): only it runs again, the others stay untouched.
     lost = tmp_path / "study" / "hopper" / "td3bc" / "seed1"
     (lost / "summary.json").unlink()
