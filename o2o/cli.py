@@ -121,8 +121,9 @@ def train_command(argv: list[str]) -> Path:
             f"{name}: {spec.summary} (presets: {', '.join(spec.presets)})"
             for name, spec in AGENTS.items()
         )
-        + ". --seeds S1 S2 ... trains one run per seed in one process, the offline updates "
-        "of all seeds in one vmapped call; with --out DIR the runs go to DIR/seedS."
+        + ". --seeds S1 S2 ... trains one run per seed in one process, the updates of all "
+        "seeds in one vmapped call (online: their environments stepped together, except "
+        "Cal-QL's and FPO's); with --out DIR the runs go to DIR/seedS."
     )
     config = tyro.cli(
         config_type(known.algo),

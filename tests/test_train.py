@@ -25,7 +25,7 @@ from o2o.data.formats import load_native, save_native
 from o2o.envs.tasks import RewardTransform, get_task
 from o2o.logging import read_episodes, read_metrics
 from o2o.train.evaluate import Evaluator
-from o2o.train.pipeline import load_config, replay_transitions, train
+from o2o.train.pipeline import load_config, replay_transitions, train, trained_agent
 
 SPACES = (
     gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
@@ -229,7 +229,8 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(SystemExit) as stop:
         main(["train", "--out", str(tmp_path / "taken")])
-    assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro's box, unwrapped
+    assert stop.value.code == 2 and "is a file" in err
     assert (tmp_path / "taken").read_text() == "mine"
 
 
@@ -517,17 +518,9 @@ def test_a_flow_run_from_before_gelu_is_not_resumed_as_gelu(tmp_path):
     check_resumable(tmp_path, relu)
 
 
-def offline_params(run_dir) -> list[np.ndarray]:
-    """The arrays of a run's offline checkpoint (its agent, without the RNG key)."""
-    from o2o.agents import get_agent
-    from o2o.checkpoint import load_checkpoint
-
-    config, env = load_config(run_dir), gym.make("Hopper-v5")
-    spec = get_agent(config.algo)
-    template = spec.agent_cls.create(config.agent, env.observation_space, env.action_space, 0)
-    (agent, _), _ = load_checkpoint(
-        run_dir / "checkpoints" / "offline", (template, jax.random.key(0))
-    )
+def agent_arrays(run_dir, phase: str) -> list[np.ndarray]:
+    """The arrays of a run's agent as its `phase` checkpoint holds it (RNG keys as data)."""
+    agent, _, _ = trained_agent(run_dir, phase)
     keys = jax.dtypes.prng_key
     return [
         np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, keys) else x)
@@ -535,10 +528,10 @@ def offline_params(run_dir) -> list[np.ndarray]:
     ]
 
 
-def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path, capsys):
-    """`--seeds 0 1`: one run directory per seed, whose offline updates (vmapped together) match
-    a run of that seed alone to float tolerance, then each seed's online phase; rerunning the
-    command finds every seed done."""
+def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path, capsys, monkeypatch):
+    """`--seeds 0 1`: one run directory per seed, whose offline updates and online phase
+    (vmapped together) match a run of that seed alone to float tolerance; rerunning the command
+    finds every seed done."""
     data = hopper_dataset(tmp_path)
     flags = (
         f"--algo td3bc --task hopper --dataset {data} --offline-steps 30 --online-steps 10 "
@@ -556,14 +549,40 @@ def test_seeds_in_one_process_match_runs_of_one_seed(tmp_path, capsys):
             ("online", 30),
             ("online", 40),
         ]
-    assert read_metrics(runs[0])[1]["vmapped_seeds"] == 2
-    vmapped, alone, other = (offline_params(d) for d in (runs[1], tmp_path / "alone", runs[0]))
-    for x, y in zip(vmapped, alone, strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-    assert not all(np.allclose(x, y) for x, y in zip(vmapped, other, strict=True))
+    assert [r.get("vmapped_seeds") for r in read_metrics(runs[0])][1:] == [2] * 4
+    for phase in ("offline", "online"):
+        vmapped, alone, other = (
+            agent_arrays(d, phase) for d in (runs[1], tmp_path / "alone", runs[0])
+        )
+        for x, y in zip(vmapped, alone, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+        assert not all(np.allclose(x, y) for x, y in zip(vmapped, other, strict=True))
+    stored = [replay_transitions(d) for d in (runs[1], tmp_path / "alone")]
+    for name, rows in stored[0].items():
+        np.testing.assert_allclose(rows, stored[1][name], rtol=1e-4, atol=1e-5)
     before = (runs[0] / "metrics.jsonl").read_text()
     run(f"{flags} --seeds 0 1 --out {tmp_path / 'both'}")  # done: nothing changes
     assert (runs[0] / "metrics.jsonl").read_text() == before
+    # Ctrl-C while the seeds step together online: every seed saved where it was, resumed.
+    from o2o.train import online
+
+    step, stopped = online.SeedsOnlineLoop._step, tmp_path / "stopped"
+
+    def ctrl_c_at_step_4(self):
+        step(self)
+        if self.loops[0].progress.env_steps == 4:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(online.SeedsOnlineLoop, "_step", ctrl_c_at_step_4)
+    with pytest.raises(SystemExit) as stop:
+        run(f"{flags} --seeds 0 1 --out {stopped}")
+    assert stop.value.code == 130 and "online step 4" in capsys.readouterr().err
+    assert [online.saved_env_steps(stopped / f"seed{s}") for s in (0, 1)] == [4, 4]
+    monkeypatch.setattr(online.SeedsOnlineLoop, "_step", step)
+    run(f"{flags} --seeds 0 1 --out {stopped}")
+    for seed in (0, 1):
+        assert [r["step"] for r in read_metrics(stopped / f"seed{seed}")] == [0, 15, 30, 30, 40]
+        assert summary(stopped / f"seed{seed}")["env_steps"] == 10
     with pytest.raises(SystemExit):
         run(f"{flags} --seeds 0 1 --seed 2")
     assert "not both" in capsys.readouterr().err

@@ -4,7 +4,9 @@ One environment step costs two jitted calls: the transition is written into the 
 buffer in place; then `utd_ratio` minibatches are drawn on the device (mixed with offline data
 at the sampler's ratio), the agent is updated under `lax.scan`, and the next action sampled.
 Checkpoints hold the agent, the buffer, every RNG and the counters, so a resumed run
-continues where it stopped and never repeats the random warm-up.
+continues where it stopped and never repeats the random warm-up. Several seeds of one
+configuration step together (`SeedsOnlineLoop`): the same two calls, vmapped over the seeds'
+agents, buffers and keys.
 
 What the loop provides follows the agent's declaration for the online phase (`needs`,
 `o2o.agents.base.Needs`):
@@ -39,12 +41,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o.agents.base import Needs
-from o2o.checkpoint import checkpoint_to_resume, load_checkpoint, save_checkpoint, stored_shapes
+from o2o.checkpoint import (
+    checkpoint_to_resume,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    stored_shapes,
+)
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
 from o2o.train.evaluate import Evaluator, check_finite, q_limit
+from o2o.train.offline import stack, unstack
 from o2o.train.stop import Interrupted, StopRequest
 from o2o.zoo import save_policy
 
@@ -54,10 +63,7 @@ def _store(buffer, transition):
     return buffer.add(transition)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("utd", "batch_size", "horizon", "act"), donate_argnums=0
-)
-def _update_and_act(
+def _update_then_act(
     agent, buffer, key, policy_obs, env_step, sampler, *, utd, batch_size, horizon=1, act=True
 ):
     """One block of `utd` updates on minibatches (windows of `horizon` steps) drawn on the
@@ -74,14 +80,43 @@ def _update_and_act(
     return agent, key, action, metrics
 
 
+_update_and_act = jax.jit(
+    _update_then_act, static_argnames=("utd", "batch_size", "horizon", "act"), donate_argnums=0
+)
+
+
 @jax.jit
 def _act(agent, obs, key):
     return agent.sample_actions(obs[None], key)[0]
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _store_seeds(buffers, transitions):
+    """`_store` for a stack of buffers (one per seed), each its own transition."""
+    return jax.vmap(ReplayBuffer.add)(buffers, transitions)
+
+
+@functools.partial(jax.jit, static_argnames=("utd", "batch_size", "horizon"), donate_argnums=0)
+def _update_and_act_seeds(agents, buffers, keys, policy_obs, env_step, sampler, **static):
+    """`_update_and_act` for a stack of agents, each with its own buffer, key and observation
+    (the offline data shared); every seed's next action chunk is drawn."""
+    body = functools.partial(_update_then_act, act=True, **static)
+    in_axes = (0, 0, 0, 0, None, None)
+    return jax.vmap(body, in_axes=in_axes)(agents, buffers, keys, policy_obs, env_step, sampler)
+
+
+_act_seeds = jax.jit(jax.vmap(_act))
+
+
 def online_checkpoint_dir(run_dir: Path) -> Path:
     """Where a run keeps its online checkpoint (agent, replay buffer, RNG state, progress)."""
     return Path(run_dir) / "checkpoints" / "latest"
+
+
+def saved_env_steps(run_dir: Path) -> int | None:
+    """Online environment steps in a run's checkpoint (None without one)."""
+    found = find_checkpoint(online_checkpoint_dir(run_dir))
+    return json.loads((found / "progress.json").read_text())["env_steps"] if found else None
 
 
 @dataclass
@@ -152,27 +187,7 @@ class OnlineLoop:
         return online_checkpoint_dir(self.run_dir)
 
     def run(self) -> RunProgress:
-        cfg = self.agent.config
-        self.horizon = self.needs.horizon
-        self.mc_returns = "mc_returns" in self.needs.batch_fields
-        resumed = self._restore()
-        if resumed:  # its records up to the checkpoint, the offline phase's included
-            keep = ("online", self.step_offset + self.progress.env_steps)
-        else:  # the offline phase's records, if it had one
-            keep = ("online", self.step_offset - 1) if self.step_offset else None
-        self.logger = RunLogger(self.run_dir, keep)
-        self.evaluator = Evaluator(
-            self.task,
-            self.eval_episodes,
-            seed=10_000 + self.seed,
-            gamma=cfg.discount,
-            holdout=self.holdout,
-            horizon=self.horizon,
-        )
-        self._start()
-        self.metrics = {}
-        self.t_interval, self.updates_interval = time.perf_counter(), 0
-
+        resumed = self._set_up()
         with progress_bar() as bar, StopRequest() as stop:
             task_id = bar.add_task(
                 "online", total=self.online_steps, completed=self.progress.env_steps, info=""
@@ -198,6 +213,30 @@ class OnlineLoop:
                     )
         self.logger.close()
         return self.progress
+
+    def _set_up(self) -> bool:
+        """The environment, the state (fresh or the checkpoint's), the logger, the evaluator
+        and the first episode; whether the run resumed."""
+        self.horizon = self.needs.horizon
+        self.mc_returns = "mc_returns" in self.needs.batch_fields
+        resumed = self._restore()
+        if resumed:  # its records up to the checkpoint, the offline phase's included
+            keep = ("online", self.step_offset + self.progress.env_steps)
+        else:  # the offline phase's records, if it had one
+            keep = ("online", self.step_offset - 1) if self.step_offset else None
+        self.logger = RunLogger(self.run_dir, keep)
+        self.evaluator = Evaluator(
+            self.task,
+            self.eval_episodes,
+            seed=10_000 + self.seed,
+            gamma=self.agent.config.discount,
+            holdout=self.holdout,
+            horizon=self.horizon,
+        )
+        self._start()
+        self.metrics = {}
+        self.t_interval, self.updates_interval = time.perf_counter(), 0
+        return resumed
 
     def _start(self) -> None:
         """The first episode and action chunk. A resumed run starts a fresh episode: simulator
@@ -244,53 +283,17 @@ class OnlineLoop:
         its storage, and (after the warm-up) one block of updates; a new chunk is drawn when
         the queue is empty."""
         cfg, progress = self.agent.config, self.progress
-        random_warmup = self.needs.random_warmup
-        if progress.env_steps < cfg.start_steps and random_warmup:
-            action = self.np_rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
-            self.queue = []
-        else:
-            action = self.queue.pop(0)
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
-        next_obs = next_obs.astype(np.float32)
-        transition = {
-            "observations": self.obs,
-            "actions": action,
-            "rewards": np.float32(self.task.reward_transform(reward)),
-            "next_observations": next_obs,
-            "masks": np.float32(1.0 - terminated),
-        }
-        if self.horizon > 1:
-            transition["ends"] = np.float32(terminated or truncated)
+        transition, ended = self._env_step(self._next_action())
         if "next_actions" in self.needs.batch_fields:  # the agent's own action at s'
             self.key, key_next = jax.random.split(self.key)
-            transition["next_actions"] = np.asarray(
-                _act(self.agent, jnp.asarray(next_obs), key_next)
-            )
-        self.episode_return += float(reward)
-        self.episode_success |= bool(info.get("success", False))
+            next_obs = jnp.asarray(transition["next_observations"])
+            transition["next_actions"] = np.asarray(_act(self.agent, next_obs, key_next))
         if self.mc_returns:
             self.episode.append(transition)
         else:
             self.buffer = _store(self.buffer, transition)
-        if terminated or truncated:
-            progress.episodes += 1
-            steps = progress.env_steps + 1
-            self.logger.log_episode(
-                episode_record(
-                    self.task,
-                    self.step_offset + steps,
-                    steps,
-                    self.episode_return,
-                    self.episode_success,
-                )
-            )
-            self.obs = self.env.reset()[0].astype(np.float32)
-            self.episode_return, self.episode_success = 0.0, False
-            self.queue = []  # the rest of the chunk was meant for the ended episode
-            if self.mc_returns:
-                self._store_episode()
-        else:
-            self.obs = next_obs
+        if ended:
+            self._end_episode()
         # With Monte-Carlo returns, updates wait for the first stored online episode.
         ready = not self.mc_returns or progress.episodes > 0
         refill = not self.queue
@@ -311,10 +314,65 @@ class OnlineLoop:
                 self.queue = self._chunk(chunk)
             progress.updates += cfg.utd_ratio
             self.updates_interval += cfg.utd_ratio
-        elif refill and (progress.env_steps + 1 >= cfg.start_steps or not random_warmup):
-            self.key, key_act = jax.random.split(self.key)  # acting without updates
+        elif self._acts_without_update():
+            self.key, key_act = jax.random.split(self.key)
             self.queue = self._chunk(_act(self.agent, jnp.asarray(self.obs), key_act))
         progress.env_steps += 1
+
+    def _next_action(self) -> np.ndarray:
+        """The queue's next action, or a uniform random one during a random warm-up."""
+        if self.progress.env_steps < self.agent.config.start_steps and self.needs.random_warmup:
+            self.queue = []
+            return self.np_rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+        return self.queue.pop(0)
+
+    def _env_step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        """Step the environment with `action`: the transition (without `next_actions`) and
+        whether the episode ended; the observation moves on unless it did."""
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        next_obs = next_obs.astype(np.float32)
+        transition = {
+            "observations": self.obs,
+            "actions": action,
+            "rewards": np.float32(self.task.reward_transform(reward)),
+            "next_observations": next_obs,
+            "masks": np.float32(1.0 - terminated),
+        }
+        if self.horizon > 1:
+            transition["ends"] = np.float32(terminated or truncated)
+        self.episode_return += float(reward)
+        self.episode_success |= bool(info.get("success", False))
+        self.obs = next_obs
+        return transition, bool(terminated or truncated)
+
+    def _end_episode(self) -> None:
+        """Log the finished episode and start the next (storing it first, with Monte-Carlo
+        returns)."""
+        progress = self.progress
+        progress.episodes += 1
+        steps = progress.env_steps + 1
+        self.logger.log_episode(
+            episode_record(
+                self.task,
+                self.step_offset + steps,
+                steps,
+                self.episode_return,
+                self.episode_success,
+            )
+        )
+        self.obs = self.env.reset()[0].astype(np.float32)
+        self.episode_return, self.episode_success = 0.0, False
+        self.queue = []  # the rest of the chunk was meant for the ended episode
+        if self.mc_returns:
+            self._store_episode()
+
+    def _acts_without_update(self) -> bool:
+        """Whether the agent draws a new chunk without updating (before `start_steps`): when
+        the queue is empty and the next step acts with the policy."""
+        next_step = self.progress.env_steps + 1
+        return not self.queue and (
+            next_step >= self.agent.config.start_steps or not self.needs.random_warmup
+        )
 
     def _store_episode(self) -> None:
         """Store the finished episode with the discounted return from each of its steps (the
@@ -328,12 +386,15 @@ class OnlineLoop:
             self.buffer = _store(self.buffer, transition | {"mc_returns": mc_return})
         self.episode = []
 
-    def _evaluate_and_save(self) -> dict[str, Any]:
+    def _evaluate_and_save(self, elapsed: float | None = None, together: int = 1) -> dict[str, Any]:
+        """Evaluate, log and checkpoint; `elapsed`: the interval's seconds, when `together`
+        seeds were stepped together (`SeedsOnlineLoop`), which measured it for all."""
         progress = self.progress
         step = self.step_offset + progress.env_steps
         q_bound = q_limit(self._reward_data(), self.agent.config.discount)
         check_finite(self.metrics, step, self.run_dir, "online", q_bound)
-        elapsed = time.perf_counter() - self.t_interval
+        if elapsed is None:
+            elapsed = time.perf_counter() - self.t_interval
         progress.wall_s += elapsed
         record = {
             "step": self.step_offset + progress.env_steps,
@@ -343,10 +404,13 @@ class OnlineLoop:
         record |= self.evaluator(self.agent)
         record["updates_per_s"] = self.updates_interval / elapsed if self.updates_interval else 0.0
         record["wall_s"] = progress.wall_s
+        if together > 1:
+            record["vmapped_seeds"] = together
         record |= {f"train/{k}": float(v) for k, v in self.metrics.items()}
         self.logger.log(record)
+        seed = f"seed {self.seed}  " if together > 1 else ""
         console.print(
-            f"step {progress.env_steps:>8}  return {record['return_mean']:9.1f}  "
+            f"step {progress.env_steps:>8}  {seed}return {record['return_mean']:9.1f}  "
             f"score {record['normalized_score']:6.1f}  q_bias {record['q_bias']:8.2f}  "
             f"{record['updates_per_s']:6.0f} updates/s"
         )
@@ -383,3 +447,141 @@ class OnlineLoop:
         }
         path = self.policy_dir / f"step_{record['env_steps']:08d}.npz"
         save_policy(path, self.agent.actor.params, meta)
+
+
+@dataclass
+class SeedsOnlineLoop:
+    """The online phase of several seeds of one configuration in lock-step (`o2o train
+    --seeds`): each seed steps its own environment on the host, then one vmapped call stores
+    the seeds' transitions, each in its own buffer, and one updates every agent on its own
+    minibatches and draws its next actions. Each seed keeps its run directory, records and
+    checkpoints (`loops`, one `OnlineLoop` per seed), matching a run of that seed alone to
+    float tolerance. Agents that store whole episodes (Monte-Carlo returns: Cal-QL) are not
+    stepped together (`applies`)."""
+
+    loops: list[OnlineLoop]
+
+    @staticmethod
+    def applies(needs: Needs) -> bool:
+        return needs.loop == "off_policy" and "mc_returns" not in needs.batch_fields
+
+    def run(self) -> list[RunProgress]:
+        loops = self.loops
+        resumed = {loop._set_up() for loop in loops}
+        steps = {loop.progress.env_steps for loop in loops}
+        if len(steps) > 1 or len(resumed) > 1:
+            raise ValueError(
+                f"{', '.join(str(loop.run_dir) for loop in loops)}: their online checkpoints "
+                f"are at different steps ({sorted(steps)}); resume them one seed at a time"
+            )
+        self.agent = stack([loop.agent for loop in loops])
+        self.buffer = stack([loop.buffer for loop in loops])
+        for loop in loops:
+            loop.buffer = None  # held in the stack until the next checkpoint
+        self.metrics: dict[str, Any] = {}
+        self.t_interval = time.perf_counter()
+        first, total = loops[0], loops[0].online_steps
+        with progress_bar() as bar, StopRequest() as stop:
+            label = f"online ({len(loops)} seeds)"
+            task_id = bar.add_task(label, total=total, completed=first.progress.env_steps, info="")
+            if not resumed.pop():
+                self._evaluate_and_save()
+            while first.progress.env_steps < total:
+                before = first.progress.env_steps
+                self._step()
+                steps = first.progress.env_steps
+                bar.advance(task_id, 1)
+                if steps // first.eval_interval > before // first.eval_interval or steps >= total:
+                    returns = [r["return_mean"] for r in self._evaluate_and_save()]
+                    bar.update(task_id, info=f"return {' '.join(f'{r:.0f}' for r in returns)}")
+                if stop.requested:
+                    elapsed = time.perf_counter() - self.t_interval
+                    for k, loop in enumerate(loops):
+                        self._hand_back(k)
+                        loop.progress.wall_s += elapsed
+                        save_checkpoint(loop.checkpoint_dir, loop._state(), loop.progress.__dict__)
+                    raise Interrupted(
+                        f"stopped by Ctrl-C at online step {steps}, checkpoints saved in "
+                        f"{', '.join(str(loop.run_dir) for loop in loops)}: the same command "
+                        "resumes there"
+                    )
+        for loop in loops:
+            loop.logger.close()
+        return [loop.progress for loop in loops]
+
+    def _step(self) -> None:
+        """`OnlineLoop._step` for every seed: the host's environment steps, then one vmapped
+        store and one vmapped update (or, before `start_steps`, the actions of the seeds whose
+        queue is empty)."""
+        loops = self.loops
+        first = loops[0]
+        cfg, env_step = first.agent.config, first.progress.env_steps
+        stepped = [loop._env_step(loop._next_action()) for loop in loops]
+        transitions = [transition for transition, _ in stepped]
+        if "next_actions" in first.needs.batch_fields:  # each agent's own action at s'
+            keys = [jax.random.split(loop.key) for loop in loops]
+            for loop, (key, _) in zip(loops, keys, strict=True):
+                loop.key = key
+            next_obs = np.stack([t["next_observations"] for t in transitions])
+            actions = np.asarray(_act_seeds(self.agent, next_obs, stack([k for _, k in keys])))
+            for transition, action in zip(transitions, actions, strict=True):
+                transition["next_actions"] = action
+        batch = {name: np.stack([t[name] for t in transitions]) for name in transitions[0]}
+        self.buffer = _store_seeds(self.buffer, batch)
+        for loop, (_, ended) in zip(loops, stepped, strict=True):
+            if ended:
+                loop._end_episode()
+        refill = [not loop.queue for loop in loops]
+        observations = np.stack([loop.obs for loop in loops])
+        if env_step >= cfg.start_steps:
+            self.agent, keys, chunks, self.metrics = _update_and_act_seeds(
+                self.agent,
+                self.buffer,
+                stack([loop.key for loop in loops]),
+                observations,
+                env_step,
+                first.sampler,
+                utd=cfg.utd_ratio,
+                batch_size=cfg.batch_size,
+                horizon=first.horizon,
+            )
+            chunks = np.asarray(chunks)
+            for k, loop in enumerate(loops):
+                loop.key = keys[k]
+                if refill[k]:
+                    loop.queue = loop._chunk(chunks[k])
+                loop.progress.updates += cfg.utd_ratio
+                loop.updates_interval += cfg.utd_ratio
+        else:
+            acting = [loop._acts_without_update() for loop in loops]
+            if any(acting):  # a seed whose queue is full draws nothing and keeps its key
+                keys = []
+                for loop, acts in zip(loops, acting, strict=True):
+                    key_act = loop.key  # unused where the seed does not act
+                    if acts:
+                        loop.key, key_act = jax.random.split(loop.key)
+                    keys.append(key_act)
+                chunks = np.asarray(_act_seeds(self.agent, observations, stack(keys)))
+                for k, loop in enumerate(loops):
+                    if acting[k]:
+                        loop.queue = loop._chunk(chunks[k])
+        for loop in loops:
+            loop.progress.env_steps += 1
+
+    def _hand_back(self, k: int) -> None:
+        """Seed `k`'s agent, buffer and metrics from the stacks into its loop."""
+        loop = self.loops[k]
+        loop.agent, loop.buffer = unstack(self.agent, k), unstack(self.buffer, k)
+        loop.metrics = {name: value[k] for name, value in self.metrics.items()}
+
+    def _evaluate_and_save(self) -> list[dict[str, Any]]:
+        """Evaluate, log and checkpoint every seed; their records."""
+        jax.block_until_ready(self.agent)
+        elapsed = time.perf_counter() - self.t_interval
+        records = []
+        for k, loop in enumerate(self.loops):
+            self._hand_back(k)
+            records.append(loop._evaluate_and_save(elapsed, together=len(self.loops)))
+            loop.buffer = None
+        self.t_interval = time.perf_counter()
+        return records

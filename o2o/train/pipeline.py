@@ -49,7 +49,13 @@ from o2o.envs.tasks import (
 )
 from o2o.logging import console, read_episodes, read_json, read_metrics, write_json
 from o2o.train.offline import OfflineLoop, checkpoint_dir, offline_record, saved_updates
-from o2o.train.online import OnlineLoop, example_transition, online_checkpoint_dir
+from o2o.train.online import (
+    OnlineLoop,
+    SeedsOnlineLoop,
+    example_transition,
+    online_checkpoint_dir,
+    saved_env_steps,
+)
 from o2o.train.onpolicy import OnPolicyLoop
 
 TRANSFORMS_FILE = "transforms.json"  # the units the agent learned in (rewards, observations)
@@ -273,7 +279,8 @@ def seed_configs(config: TrainConfig, seeds: Sequence[int]) -> list[TrainConfig]
 def train_together(configs: Sequence[TrainConfig]) -> list[Path]:
     """Train runs that differ only in their seed and run directory, each in its own ordinary
     run directory; returns them. The data is made once, and the offline phase updates every
-    seed in one vmapped call (`OfflineLoop`); the online phase runs them one after another.
+    seed in one vmapped call (`OfflineLoop`), and the online phase steps them together
+    (`SeedsOnlineLoop`; Cal-QL's and on-policy agents' one after another).
     Each run directory is locked meanwhile: a second process on it stops at once."""
     if not configs:
         raise ValueError("no runs to train")
@@ -372,6 +379,7 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             ).run()
             for k, agent, done in zip(group, trained, progress, strict=True):
                 agents[k], phases[k]["offline"] = switch(agent, config), done
+    together = False
     if config.online_steps > 0:  # one sampler for every seed: each loop keeps its own buffer
         sampler = MixedSampler.create(
             buffers["online"],
@@ -382,9 +390,8 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             proportional=config.data_mix == "proportional",
         )
         loop = OnPolicyLoop if needs["online"].loop == "on_policy" else OnlineLoop
-    for k, seed_cfg in enumerate(configs):
-        if config.online_steps > 0:
-            phases[k]["online"] = loop(
+        loops = [
+            loop(
                 task,
                 agents[k],
                 sampler,
@@ -397,7 +404,21 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
                 step_offset=config.offline_steps,
                 holdout=holdout,
                 needs=needs["online"],
-            ).run()
+            )
+            for k, seed_cfg in enumerate(configs)
+        ]
+        # Seeds step together when their checkpoints agree, else one after another.
+        together = (
+            len(configs) > 1
+            and SeedsOnlineLoop.applies(needs["online"])
+            and len({saved_env_steps(d) for d in run_dirs}) == 1
+        )
+        if together:
+            for k, progress in enumerate(SeedsOnlineLoop(loops).run()):
+                phases[k]["online"] = progress
+    for k, seed_cfg in enumerate(configs):
+        if config.online_steps > 0 and not together:
+            phases[k]["online"] = loops[k].run()
         _write_summary(run_dirs[k], seed_cfg, phases[k])
     return run_dirs
 
