@@ -135,15 +135,14 @@ def o2o_result(config: TrainConfig) -> dict:
     }
 
 
-def peer_data(config: TrainConfig) -> Path:
-    """The training episodes o2o's run uses (held-out ones withheld), in env units, for d3rlpy.
+def peer_data(dataset: str, size: int | None, holdout_episodes: int) -> Path:
+    """The training episodes o2o uses (held-out ones withheld), in env units, for d3rlpy.
     Episode ends that are not terminals (time limits, broken trajectories) become timeouts, so
     d3rlpy splits episodes where o2o does."""
-    name = f"{config.task}-{config.dataset_size}-holdout{config.holdout_episodes}.npz"
-    path = RUNS / "peer_data" / name
+    path = RUNS / "peer_data" / f"{dataset}-{size}-holdout{holdout_episodes}.npz"
     if not path.exists():
-        data, _ = make_dataset(config.task, config.dataset_size)
-        data, _ = hold_out_episodes(data, config.holdout_episodes)
+        data, _ = make_dataset(dataset, size)
+        data, _ = hold_out_episodes(data, holdout_episodes)
         ends = data.timeouts | (data.episode_ends & ~data.terminals)
         save_native(dataclasses.replace(data, timeouts=ends), path)
     return path
@@ -164,7 +163,7 @@ def start_peer(config: TrainConfig, peer: str):
         str(PEER_PYTHON),
         str(ROOT / "peer_d3rlpy_offline.py"),
         f"--algo={peer}",
-        f"--data={peer_data(config)}",
+        f"--data={peer_data(config.task, config.dataset_size, config.holdout_episodes)}",
         f"--steps={config.offline_steps}",
         f"--seed={config.seed}",
         f"--eval-interval={every}",

@@ -123,7 +123,7 @@ def main() -> None:
     env = parse_task(args.dataset)[0].make_env()
     spaces = env.observation_space, env.action_space
     agents = {a: O2OAgent(a, args.dataset, buffer, *spaces) for a in args.algos}
-    data = peer_data(args.dataset, args)  # the training episodes, as benchmarks/offline.py
+    data = peer_data(args.dataset, args.size, args.holdout_episodes)  # as benchmarks/offline.py
     samples: dict[str, dict[str, list[float]]] = {a: {"o2o": [], "d3rlpy": []} for a in agents}
     peaks, peer_versions = [], {}
     for r in range(args.rounds):
