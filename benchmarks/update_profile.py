@@ -2,6 +2,12 @@
 matrix products cost anything: the ceiling that the update_speed target is measured against.
 
     python benchmarks/update_profile.py --rounds 3
+    taskset -c 0 python benchmarks/update_profile.py --online --offline cql iql td3bc \\
+        --out benchmarks/results/update_profile_offline
+
+`--offline ALGO...` adds o2o's offline agents, each its reference recipe for hopper-medium in
+scanned chunks on the device-resident dataset as `benchmarks/offline_speed.py` times them;
+`--online NAME...` picks the SAC configurations (none: `--online` alone).
 
 For each configuration of `update_speed.py` (same networks, batch, shapes and jitted call) it
 records a JAX profiler trace of `--calls` calls on one thread and sorts each XLA op's time into
@@ -39,20 +45,47 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from offline_speed import CHUNK, O2OAgent
 from update_speed import RLPD, SAC2_PLAIN, SAC10_PLAIN, O2OCase, matmul_gflops
 
+from o2o.data.buffer import ReplayBuffer
+from o2o.data.generate import make_dataset
+from o2o.envs.tasks import parse_task
 from o2o.report.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parent
 CASES = {
-    "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), UTD 1": (SAC2_PLAIN, 1),
-    "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), 20 scanned": (SAC2_PLAIN, 20),
-    "o2o rlpd (10 LayerNorm critics, UTD 20)": (RLPD, 1),
-    "o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), UTD 1": (SAC10_PLAIN, 1),
+    "sac": ("o2o sac, d3rlpy's networks (2 critics, no LayerNorm), UTD 1", SAC2_PLAIN, 1),
+    "sac-scanned": (
+        "o2o sac, d3rlpy's networks (2 critics, no LayerNorm), 20 scanned",
+        SAC2_PLAIN,
+        20,
+    ),
+    "rlpd": ("o2o rlpd (10 LayerNorm critics, UTD 20)", RLPD, 1),
+    "sac-10": ("o2o sac-10, d3rlpy's networks (10 critics, no LayerNorm), UTD 1", SAC10_PLAIN, 1),
 }
+DATASET = "hopper-medium"  # the offline agents' data and recipes
+
+
+class OfflineCase:
+    """An offline agent as `profile` and `main` use a case: `offline_speed.O2OAgent`'s chunk of
+    CHUNK scanned updates as one jitted call."""
+
+    def __init__(self, algo: str, buffer: ReplayBuffer, spaces: tuple):
+        self.o2o = O2OAgent(algo, DATASET, buffer, *spaces)
+        self.agent, self.key = self.o2o.state
+        self.step = jax.jit(lambda agent, key: self.o2o.chunk(agent, key, CHUNK))
+        self.updates_per_call = CHUNK
+        self.flops_per_call = self.o2o.gflop_per_update * 1e9 * CHUNK
+
+    def measure(self, seconds: float) -> float:
+        return self.o2o.measure(seconds)
+
+
 CATEGORIES = ("matmul", "ynn other", "elementwise", "copy/transpose", "random numbers", "other")
 RANDOM = re.compile(r"threefry|random_bits|_uniform|_normal|random_split|random_fold_in")
 
@@ -85,13 +118,13 @@ def two_process_gflops() -> float:
 
 
 def _instructions(hlo: str) -> dict[str, str]:
-    """Category of each named instruction in a compiled HLO module's text. `while` loops are
-    left out: their bodies' ops appear in the trace on their own."""
+    """Category of each named instruction in a compiled HLO module's text. `while` loops and
+    `conditional`s are left out: their bodies' ops appear in the trace on their own."""
     bodies = dict(re.findall(r"^%(\S+) \(.*?\n(.*?)\n}", hlo, flags=re.S | re.M))
     kinds = {}
     for name, op, line in re.findall(r"^\s+(?:ROOT )?%(\S+) = .*? ([\w-]+)\((.*)$", hlo, re.M):
         op_name = re.search(r'op_name="([^"]*)"', line)
-        if op == "while":
+        if op in ("while", "conditional"):
             continue
         if op_name and RANDOM.search(op_name.group(1)):
             kind = "random numbers"
@@ -111,16 +144,16 @@ def _instructions(hlo: str) -> dict[str, str]:
     return kinds
 
 
-def profile(case: O2OCase, calls: int) -> dict[str, float]:
+def profile(case: O2OCase | OfflineCase, calls: int) -> dict[str, float]:
     """Seconds per update spent in each category of XLA op, from a profiler trace."""
     agent, key, loss = case.step(case.agent, case.key)
-    loss.block_until_ready()
+    jax.block_until_ready(loss)
     kinds = _instructions(case.step.lower(agent, key).compile().as_text())
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp, create_perfetto_trace=True)
         for _ in range(calls):
             agent, key, loss = case.step(agent, key)
-            loss.block_until_ready()
+            jax.block_until_ready(loss)
         jax.profiler.stop_trace()
         (trace,) = Path(tmp).rglob("perfetto_trace.json.gz")
         with gzip.open(trace) as f:
@@ -140,9 +173,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per speed measurement")
     parser.add_argument("--calls", type=int, default=40, help="jitted calls traced per round")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "update_profile")
+    parser.add_argument("--online", nargs="*", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--offline", nargs="*", default=[], metavar="ALGO")
     args = parser.parse_args()
 
-    cases = {name: O2OCase(cfg, calls) for name, (cfg, calls) in CASES.items()}
+    cases: dict[str, Any] = {CASES[n][0]: O2OCase(*CASES[n][1:]) for n in args.online}
+    if args.offline:
+        data, _ = make_dataset(DATASET, 100_000)
+        buffer = ReplayBuffer.from_arrays(data.transitions())
+        spaces = parse_task(DATASET)[0].spaces()
+        for algo in args.offline:
+            label = f"o2o {algo}, offline ({DATASET} recipe), {CHUNK} scanned"
+            cases[label] = OfflineCase(algo, buffer, spaces)
     speeds: dict[str, list[float]] = {name: [] for name in cases}
     shares: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     peaks, peaks_256, peaks_two = [], [], []
@@ -212,7 +254,8 @@ def markdown(result: dict) -> str:
         for row in result["rows"]
     ]
     return (
-        "# Where an SAC update's time goes (one thread, batch 256, 256x256 MLPs, obs 17, act 6)\n\n"
+        "# Where an update's time goes (one thread; SAC: batch 256, 256x256 MLPs, obs 17, act 6; "
+        f"offline agents: their {DATASET} recipes)\n\n"
         f"`{result['command']}` (JAX {result['jax']}). Float32 matmul rates on this host: "
         f"1024² on one thread {result['matmul_1024_gflops']:.0f} GFLOP/s; two single-thread "
         f"processes at once, summed, {result['matmul_1024_two_processes_gflops']:.0f} GFLOP/s; an "
