@@ -55,6 +55,30 @@ def test_presets_are_the_reference_recipes():
     np.testing.assert_allclose(log_std, -3.0)
 
 
+def test_pytorch_initialisation():
+    """`weight_init="torch"`: every layer's kernel and bias uniform in +-1/sqrt(fan_in) (PyTorch's
+    nn.Linear, the PyTorch references' networks); the default keeps jaxrl's zero biases."""
+    wide = dict(TINY, hidden_dims=(256, 256))
+    for weight_init in ("torch", "xavier"):
+        agent = AWAC.create(AWACConfig(**wide, weight_init=weight_init), OBS, ACT, 0)
+        params = {"actor": agent.actor.params, "critic": agent.critic.params}
+        layers = [
+            (path, leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if path[-1].key in ("kernel", "bias")
+        ]
+        assert len(layers) == 12  # kernel and bias of 3 layers: the actor, the critics (stacked)
+        for path, leaf in layers:
+            if path[-1].key == "bias":
+                assert np.all(leaf == 0) == (weight_init == "xavier"), path
+                continue
+            bound = leaf.shape[-2] ** -0.5  # fan in
+            if weight_init == "torch":
+                assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound, path
+                if leaf.size > 1000:
+                    np.testing.assert_allclose(leaf.std(), bound / np.sqrt(3), rtol=0.1)
+
+
 def test_critic_loss_by_hand(agent_and_batch):
     agent, b = agent_and_batch
     next_actions = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (8, 2)), jnp.float32)

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 import flax.struct
 import gymnasium as gym
@@ -94,6 +94,9 @@ class AWACConfig:
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     log_std_init: float = 0.0  # CORL's; d3rlpy's AWAC starts at -3 (std 0.05) in [-6, 0]
+    # Initial weights: jaxrl's Xavier-uniform ("xavier", o2o's everywhere) or PyTorch's
+    # nn.Linear ("torch": uniform in +-1/sqrt(fan_in), biases too), as CORL, rlkit and d3rlpy.
+    weight_init: Literal["xavier", "torch"] = "xavier"
     batch_size: int = 256
     utd_ratio: int = 1
     offline_ratio: float = 0.5
@@ -141,13 +144,14 @@ class AWAC(flax.struct.PyTreeNode):
             config.log_std_min,
             config.log_std_max,
             log_std_init=config.log_std_init,
+            weight_init=config.weight_init,
         )
         actor = TrainState.create(
             apply_fn=actor_def.apply,
             params=actor_def.init(key_actor, obs),
             tx=optax.adam(config.actor_lr),
         )
-        critic_def = StateActionValue(config.hidden_dims)
+        critic_def = StateActionValue(config.hidden_dims, weight_init=config.weight_init)
         critic = ensemble_state(
             critic_def, key_critic, config.num_critics, optax.adam(config.critic_lr), obs, act
         )

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.nets.mlp import MLP, Activation
+from o2o.nets.mlp import MLP, Activation, Init, dense
 
 
 class StateValue(nn.Module):
@@ -25,6 +25,7 @@ class StateValue(nn.Module):
     layer_norm: bool = False
     activation: Activation = "relu"
     norm_first: bool = True  # LayerNorm before the activation (see `MLP`)
+    weight_init: Init = "xavier"  # the hidden layers' (`dense`); the output's: flax's, or PyTorch's
 
     @nn.compact
     def __call__(self, *inputs: jax.Array) -> jax.Array:
@@ -34,8 +35,12 @@ class StateValue(nn.Module):
             layer_norm=self.layer_norm,
             activation=self.activation,
             norm_first=self.norm_first,
+            weight_init=self.weight_init,
         )(jnp.concatenate(inputs, axis=-1))
-        return nn.Dense(1)(x)[..., 0]
+        out = (
+            nn.Dense(1) if self.weight_init == "xavier" else dense(1, x.shape[-1], self.weight_init)
+        )
+        return out(x)[..., 0]
 
 
 class StateActionValue(StateValue):

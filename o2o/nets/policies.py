@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from o2o.nets.mlp import MLP, Activation, default_init
+from o2o.nets.mlp import MLP, Activation, Init, default_init, dense
 
 _LOG_2 = jnp.log(2.0)
 # Dataset actions at exactly +-1 (clipped data, or a bang-bang behaviour policy) have
@@ -85,14 +85,19 @@ class TanhMeanGaussian(nn.Module):
     tanh_mean: bool = True
     const_std: bool = False  # log_std fixed at 0
     activation: Activation = "relu"
-    mean_init_scale: float = 1.0  # of the last layer's Xavier-uniform variance
+    mean_init_scale: float = 1.0  # of the last layer's initial variance
     log_std_init: float = 0.0
+    weight_init: Init = "xavier"  # `dense`'s
 
     @nn.compact
     def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = MLP(self.hidden_dims, activate_final=True, activation=self.activation)(observations)
-        init = nn.initializers.variance_scaling(self.mean_init_scale, "fan_avg", "uniform")
-        mean = nn.Dense(self.action_dim, kernel_init=init)(x)
+        x = MLP(
+            self.hidden_dims,
+            activate_final=True,
+            activation=self.activation,
+            weight_init=self.weight_init,
+        )(observations)
+        mean = dense(self.action_dim, x.shape[-1], self.weight_init, self.mean_init_scale)(x)
         mean = jnp.tanh(mean) if self.tanh_mean else mean
         if self.const_std:
             return mean, jnp.zeros_like(mean)
