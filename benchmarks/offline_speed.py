@@ -77,13 +77,12 @@ class O2OAgent:
         self.chunk = chunk
         flops = _flops(lambda a, k: chunk(a, k, 1), *self.state)
         freq = getattr(cfg, "policy_freq", 1)
-        if freq > 1 and seeds == 1:
+        if freq > 1:
             # XLA counts TD3's delayed actor update (a `lax.cond`) in every critic step; it runs
-            # in one of `policy_freq`. Vmapped over seeds the cond's predicate is batched, so
-            # both branches run every step and the count stands.
+            # in one of `policy_freq`, vmapped too (its step counter is unbatched: `seed_axes`).
             batch = buffer.sample(jax.random.key(0), cfg.batch_size)
             actor = _flops(lambda a, b: type(a).update_actor(a, b), agents[0], batch)
-            flops -= cfg.utd_ratio * actor * (1 - 1 / freq)
+            flops -= seeds * cfg.utd_ratio * actor * (1 - 1 / freq)
         self.gflop_per_update = flops / seeds / 1e9  # of one seed
 
     def measure(self, seconds: float) -> float:

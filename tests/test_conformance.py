@@ -19,7 +19,7 @@ from o2o.checkpoint import load_checkpoint, save_checkpoint
 from o2o.cli import main
 from o2o.data.buffer import ReplayBuffer
 from o2o.logging import read_metrics
-from o2o.train.offline import stack, unstack
+from o2o.train.offline import seed_axes, stack, unstack
 from o2o.train.pipeline import load_config, replay_transitions
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
@@ -120,8 +120,10 @@ def test_agent_contract(case, tmp_path):
     assert metrics and all(np.shape(v) == () and np.isfinite(v) for v in metrics.values())
     if case in VMAPPED:  # seeds in one vmapped update, each as if updated alone
         other = spec.agent_cls.create(config, OBS, ACT, 4)
-        both = jax.jit(jax.vmap(lambda a, b: a.update(b), (0, None)))
-        pair, _ = both(stack([agent, other]), batch)
+        pair = stack([agent, other])
+        axes = seed_axes(pair)
+        both = jax.jit(jax.vmap(lambda a, b: a.update(b), (axes, None), (axes, 0)))
+        pair, _ = both(pair, batch)
         assert_leaves_close(unstack(pair, 0), new)
         assert_leaves_close(unstack(pair, 1), update(other, batch)[0])
 

@@ -53,18 +53,46 @@ def _update_chunk(agent, key, dataset: ReplayBuffer, *, num_updates, utd, batch_
     return agent, key, jax.tree.map(jnp.mean, metrics)
 
 
+def _shared(path: tuple) -> bool:
+    """Whether a leaf is an update counter (`TrainState.step`): equal for seeds updated
+    together, so a `stack` holds it once."""
+    return bool(path) and getattr(path[-1], "name", None) == "step"
+
+
+def seed_axes(tree: Any) -> Any:
+    """The vmap axes of a `stack`ed pytree: None for its update counters, 0 elsewhere. An
+    unbatched counter keeps control flow on it a branch under vmap (TD3's delayed actor update
+    runs when due instead of on both sides of a select every update)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: None if _shared(path) else 0, tree)
+
+
 def stack(trees: list[Any]) -> Any:
     """One pytree whose leaves hold `trees` on a new leading axis (agents of several seeds,
-    to update them in one vmapped call). The trees are built from one config; the first one's
-    static fields (config, optimisers: equal, though distinct closures) serve all of them."""
+    to update them in one vmapped call), the update counters once (`seed_axes`). The trees are
+    built from one config; the first one's static fields (config, optimisers: equal, though
+    distinct closures) serve all of them."""
     treedef = jax.tree.structure(trees[0])
+    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(trees[0])]
     members = [jax.tree.leaves(tree) for tree in trees]
-    return treedef.unflatten([jnp.stack(leaves) for leaves in zip(*members, strict=True)])
+    leaves = []
+    for path, values in zip(paths, zip(*members, strict=True), strict=True):
+        if _shared(path):
+            if len({int(v) for v in values}) > 1:
+                raise ValueError(
+                    f"seeds updated together must be at the same step; "
+                    f"{jax.tree_util.keystr(path)} is {[int(v) for v in values]}"
+                )
+            leaves.append(values[0])
+        else:
+            leaves.append(jnp.stack(values))
+    return treedef.unflatten(leaves)
 
 
 def unstack(tree: Any, index: int) -> Any:
     """Member `index` of a `stack`ed pytree."""
-    return jax.tree.map(lambda leaf: leaf[index], tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf if _shared(path) else leaf[index], tree
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("num_updates", "utd", "batch_size", "horizon"))
@@ -72,7 +100,8 @@ def _update_chunk_seeds(agents, keys, dataset: ReplayBuffer, **static):
     """`_update_chunk` for a stack of agents (one per seed) and their RNG keys, in one call:
     each seed draws its own minibatches from the shared dataset."""
     chunk = functools.partial(_update_chunk, **static)
-    return jax.vmap(chunk, in_axes=(0, 0, None))(agents, keys, dataset)
+    axes = seed_axes(agents)
+    return jax.vmap(chunk, in_axes=(axes, 0, None), out_axes=(axes, 0, 0))(agents, keys, dataset)
 
 
 @dataclass

@@ -53,7 +53,7 @@ from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
 from o2o.logging import RunLogger, console, progress_bar
 from o2o.train.evaluate import Evaluator, check_finite, q_limit
-from o2o.train.offline import stack, unstack
+from o2o.train.offline import seed_axes, stack, unstack
 from o2o.train.stop import Interrupted, StopRequest
 from o2o.zoo import save_policy
 
@@ -101,11 +101,16 @@ def _update_and_act_seeds(agents, buffers, keys, policy_obs, env_step, sampler, 
     """`_update_and_act` for a stack of agents, each with its own buffer, key and observation
     (the offline data shared); every seed's next action chunk is drawn."""
     body = functools.partial(_update_then_act, act=True, **static)
-    in_axes = (0, 0, 0, 0, None, None)
-    return jax.vmap(body, in_axes=in_axes)(agents, buffers, keys, policy_obs, env_step, sampler)
+    axes = seed_axes(agents)
+    return jax.vmap(body, in_axes=(axes, 0, 0, 0, None, None), out_axes=(axes, 0, 0, 0))(
+        agents, buffers, keys, policy_obs, env_step, sampler
+    )
 
 
-_act_seeds = jax.jit(jax.vmap(_act))
+@jax.jit
+def _act_seeds(agents, obs, keys):
+    """`_act` for a stack of agents, each its observation and key."""
+    return jax.vmap(_act, in_axes=(seed_axes(agents), 0, 0))(agents, obs, keys)
 
 
 def online_checkpoint_dir(run_dir: Path) -> Path:
