@@ -254,7 +254,8 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     if diff:
         raise ValueError(
             f"{run_dir} holds a run with a different configuration: {'; '.join(diff)}. "
-            "Choose another --out, or delete that directory to start over"
+            "Choose another --out (in a sweep file: out or run_name), or delete that directory "
+            "to start over"
         )
 
 
