@@ -95,19 +95,36 @@ def test_critic_loss_by_hand(agent_and_batch):
 
 def test_critic_entropy_weight_is_sacs_target_term(agent_and_batch):
     """With `critic_entropy_weight` t (d3rlpy's AWAC: 1) the target is
-    r + gamma m (min Q'(s', a') - t log pi(a'|s')), log pi the policy's Gaussian density."""
+    r + gamma m (min Q'(s', a') - t log pi(a'|s')): a' the clipped Gaussian draw and log pi its
+    Gaussian density, or with `squashed_target_actions` (d3rlpy's SAC target) a' = tanh(u),
+    u ~ N(raw mean, std), and its tanh-Gaussian density."""
     agent, b = agent_and_batch
-    next_actions = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (8, 2)), jnp.float32)
-    plain = np_(agent.td_target(b, next_actions))
+    next_obs, key = b["next_observations"], jax.random.key(5)
     soft = agent.replace(config=dataclasses.replace(agent.config, critic_entropy_weight=0.5))
-    mean, log_std = (
-        np_(x) for x in agent.actor.apply_fn(agent.actor.params, b["next_observations"])
-    )
-    z = (np_(next_actions) - mean) / np.exp(log_std)
-    log_pi = np.sum(-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi), -1)
-    expected = plain - 0.99 * np_(b["masks"]) * 0.5 * log_pi
-    np.testing.assert_allclose(soft.td_target(b, next_actions), expected, rtol=1e-5, atol=1e-5)
-    assert np.abs(expected - plain).max() > 0.1  # the term is there
+    assert agent.target_actions(next_obs, key)[1] is None  # no term, no density
+    mean, log_std = (np_(x) for x in agent.actor.apply_fn(agent.actor.params, next_obs))
+    raw, _ = (np_(x) for x in agent.actor.apply_fn(agent.actor.params, next_obs, True))
+    np.testing.assert_allclose(np.tanh(raw), mean, rtol=1e-5, atol=1e-6)
+    for squashed in (False, True):
+        config = dataclasses.replace(soft.config, squashed_target_actions=squashed)
+        next_actions, log_pi = soft.replace(config=config).target_actions(next_obs, key)
+        a = np_(next_actions)
+        if squashed:  # log N(u; raw, std) - sum log(1 - a^2), u = atanh(a)
+            u = np.arctanh(a.astype(np.float64))
+            z = (u - raw) / np.exp(log_std)
+            by_hand = np.sum(-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi), -1)
+            by_hand -= np.sum(np.log(1 - a.astype(np.float64) ** 2), -1)
+        else:
+            np.testing.assert_array_equal(a, np_(agent.sample_actions(next_obs, key)))
+            z = (a - mean) / np.exp(log_std)
+            by_hand = np.sum(-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi), -1)
+        np.testing.assert_allclose(log_pi, by_hand, rtol=1e-4, atol=1e-4)
+        plain = np_(agent.td_target(b, next_actions))
+        expected = plain - 0.99 * np_(b["masks"]) * 0.5 * by_hand
+        np.testing.assert_allclose(
+            soft.td_target(b, next_actions, log_pi), expected, rtol=1e-4, atol=1e-4
+        )
+        assert np.abs(expected - plain).max() > 0.1  # the term is there
     with pytest.raises(ValueError, match="critic_entropy_weight"):
         AWACConfig(critic_entropy_weight=-1.0)
 

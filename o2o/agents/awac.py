@@ -70,7 +70,12 @@ from flax.training.train_state import TrainState
 
 from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, ensemble_state
-from o2o.nets.policies import TanhMeanGaussian, clipped_gaussian_sample, gaussian_log_prob
+from o2o.nets.policies import (
+    TanhMeanGaussian,
+    clipped_gaussian_sample,
+    gaussian_log_prob,
+    tanh_gaussian_sample,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,10 @@ class AWACConfig:
     # t in the critic target min Q'(s', a') - t log pi(a'|s'): 0 in the references (rlkit's
     # `alpha=0`, CORL); d3rlpy's AWAC has 1 (see the module docstring).
     critic_entropy_weight: float = 0.0
+    # a' in the critic target: clip(tanh(mu) + sigma eps) as the references (False), or SAC's
+    # squashed tanh(mu + sigma eps) with its tanh-Gaussian log-density in the entropy term, as
+    # d3rlpy's AWAC (its target is its SAC's).
+    squashed_target_actions: bool = False
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     log_std_init: float = 0.0  # CORL's; d3rlpy's AWAC starts at -3 (std 0.05) in [-6, 0]
@@ -163,22 +172,30 @@ class AWAC(flax.struct.PyTreeNode):
             config=config,
         )
 
-    def td_target(self, batch: dict[str, jax.Array], next_actions: jax.Array) -> jax.Array:
+    def td_target(
+        self,
+        batch: dict[str, jax.Array],
+        next_actions: jax.Array,
+        log_pi: jax.Array | None = None,
+    ) -> jax.Array:
         """y = r + gamma m (min_j Q'_j(s', a') - t log pi(a'|s')), t = `critic_entropy_weight`
-        (0: no entropy term, as the references)."""
+        (0: no entropy term, as the references; then `log_pi` may be None)."""
         next_obs = batch["next_observations"]
         next_q = self.critic.apply_fn(self.target_critic_params, next_obs, next_actions).min(0)
         if self.config.critic_entropy_weight:
-            mean, log_std = self.actor.apply_fn(self.actor.params, next_obs)
-            log_pi = gaussian_log_prob(mean, log_std, next_actions)
             next_q = next_q - self.config.critic_entropy_weight * log_pi
         return batch["rewards"] + self.config.discount * batch["masks"] * next_q
 
     def critic_loss(
-        self, critic_params: Any, batch: dict[str, jax.Array], next_actions: jax.Array
+        self,
+        critic_params: Any,
+        batch: dict[str, jax.Array],
+        next_actions: jax.Array,
+        log_pi: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """sum_i E[(Q_i(s, a) - y)^2], a' ~ pi(.|s') given; summed over critics as CORL."""
-        target = jax.lax.stop_gradient(self.td_target(batch, next_actions))
+        """sum_i E[(Q_i(s, a) - y)^2], a' ~ pi(.|s') and its log-density given; summed over
+        critics as CORL."""
+        target = jax.lax.stop_gradient(self.td_target(batch, next_actions, log_pi))
         q = self.critic.apply_fn(critic_params, batch["observations"], batch["actions"])
         loss = jnp.mean((q - target) ** 2, axis=-1).sum()
         return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": target.mean()}
@@ -215,11 +232,11 @@ class AWAC(flax.struct.PyTreeNode):
         the targets. a' ~ pi(.|s') and a_pi ~ pi(.|s) come from the pre-step policy, drawn
         with keys 1 and 2 of `split(rng, 3)` (key 0 is the next rng)."""
         rng, key_next, key_pi = jax.random.split(self.rng, 3)
-        next_actions = self.sample_actions(batch["next_observations"], key_next)
+        next_actions, log_pi = self.target_actions(batch["next_observations"], key_next)
         pi_actions = self.sample_actions(batch["observations"], key_pi)
 
         grads, critic_info = jax.grad(self.critic_loss, has_aux=True)(
-            self.critic.params, batch, next_actions
+            self.critic.params, batch, next_actions, log_pi
         )
         agent = self.replace(critic=self.critic.apply_gradients(grads=grads), rng=rng)
         grads, actor_info = jax.grad(agent.actor_loss, has_aux=True)(
@@ -232,6 +249,22 @@ class AWAC(flax.struct.PyTreeNode):
             actor=agent.actor.apply_gradients(grads=grads), target_critic_params=target
         )
         return agent, critic_info | actor_info
+
+    def target_actions(
+        self, next_observations: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """a' ~ pi(.|s') for the critic target and log pi(a'|s') (None when no entropy term
+        uses it): the clipped Gaussian draw (`sample_actions`, the density of the clipped
+        value), or with
+        `squashed_target_actions` SAC's tanh(mu + sigma eps) and its tanh-Gaussian density."""
+        if self.config.squashed_target_actions:
+            raw, log_std = self.actor.apply_fn(self.actor.params, next_observations, True)
+            return tanh_gaussian_sample(raw, log_std, key)
+        actions = self.sample_actions(next_observations, key)
+        if not self.config.critic_entropy_weight:
+            return actions, None
+        mean, log_std = self.actor.apply_fn(self.actor.params, next_observations)
+        return actions, gaussian_log_prob(mean, log_std, actions)
 
     def update(self, batch: dict[str, jax.Array]) -> tuple[AWAC, dict[str, jax.Array]]:
         """One AWAC step per minibatch on the leading axis (scanned); metrics averaged."""

@@ -90,7 +90,11 @@ class TanhMeanGaussian(nn.Module):
     weight_init: Init = "xavier"  # `dense`'s
 
     @nn.compact
-    def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, observations: jax.Array, raw_mean: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """(mean, log_std); with `raw_mean`, the mean before its tanh (for d3rlpy's squashed
+        draws from the same network, `tanh_gaussian_sample`)."""
         x = MLP(
             self.hidden_dims,
             activate_final=True,
@@ -98,7 +102,7 @@ class TanhMeanGaussian(nn.Module):
             weight_init=self.weight_init,
         )(observations)
         mean = dense(self.action_dim, x.shape[-1], self.weight_init, self.mean_init_scale)(x)
-        mean = jnp.tanh(mean) if self.tanh_mean else mean
+        mean = jnp.tanh(mean) if self.tanh_mean and not raw_mean else mean
         if self.const_std:
             return mean, jnp.zeros_like(mean)
         log_std = self.param(
