@@ -136,7 +136,8 @@ def main() -> None:
         )
     units = [] if args.finished_only else [u for s in sweeps for u in s.units()]
     units.sort(key=lambda u: min(u.seeds))  # seed-major: an interruption leaves whole rows
-    if args.ray_address is not None or args.workers > 1:
+    together = args.ray_address is not None or args.workers > 1
+    if together:
         failures = (
             o2o_sweep.run_ray(units, args.ray_address, 1.0)
             if args.ray_address is not None
@@ -147,7 +148,8 @@ def main() -> None:
         for unit in units:
             failures |= o2o_sweep.run_local([unit], 1)
             write_results(sweeps, args.name, command)
-    write_results(sweeps, args.name, command)
+    if together or not units:
+        write_results(sweeps, args.name, command)
     if failures:
         raise SystemExit(
             f"{len(failures)} unit(s) failed twice: {', '.join(u.label for u in failures)}"
@@ -222,9 +224,8 @@ def claims_table(summaries: list[dict]) -> str:
     return markdown_table(rows, columns) if rows else ""
 
 
-def finished_runs(sweeps: list[Sweep]) -> dict[str, list[Path]]:
-    """The finished run directories per dataset, seed-major."""
-    configs = [c for s in sweeps for u in s.units(skip_finished=False) for c in u.configs()]
+def finished_runs(configs: list) -> dict[str, list[Path]]:
+    """The finished run directories of `configs` per dataset, seed-major."""
     runs: dict[str, list[Path]] = {}
     for config in sorted(configs, key=lambda c: c.seed):
         if (config.out / "summary.json").exists():
@@ -235,7 +236,8 @@ def finished_runs(sweeps: list[Sweep]) -> dict[str, list[Path]]:
 def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
     """The table, summaries and per-dataset reports of the runs finished so far."""
     stem = RESULTS / f"finetune_{name}"
-    runs = finished_runs(sweeps)
+    configs = [c for s in sweeps for c in s.configs()]
+    runs = finished_runs(configs)
     summaries = {
         d: [json.loads((r / "summary.json").read_text()) for r in rs] for d, rs in runs.items()
     }
@@ -249,7 +251,6 @@ def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": summaries}, indent=1)
     )
-    configs = [c for s in sweeps for u in s.units(skip_finished=False) for c in u.configs()]
     seeds = sorted({c.seed for c in configs})
     widths = sorted({"x".join(map(str, c.agent.hidden_dims)) for c in configs})
     title = (

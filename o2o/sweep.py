@@ -228,9 +228,13 @@ class Sweep:
                 units += [dataclasses.replace(whole, seeds=tuple(g)) for g in groups if g]
         return units
 
+    def configs(self) -> list:
+        """Every run's TrainConfig, finished or not."""
+        return [c for unit in self.units(skip_finished=False) for c in unit.configs()]
+
     def run_dirs(self) -> list[Path]:
         """Every run directory of the sweep, finished or not."""
-        return [c.out for unit in self.units(skip_finished=False) for c in unit.configs()]
+        return [c.out for c in self.configs()]
 
 
 def script_sweeps(

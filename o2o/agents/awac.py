@@ -254,16 +254,16 @@ class AWAC(flax.struct.PyTreeNode):
         self, next_observations: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, jax.Array | None]:
         """a' ~ pi(.|s') for the critic target and log pi(a'|s') (None when no entropy term
-        uses it): the clipped Gaussian draw (`sample_actions`, the density of the clipped
-        value), or with
-        `squashed_target_actions` SAC's tanh(mu + sigma eps) and its tanh-Gaussian density."""
-        if self.config.squashed_target_actions:
-            raw, log_std = self.actor.apply_fn(self.actor.params, next_observations, True)
-            return tanh_gaussian_sample(raw, log_std, key)
-        actions = self.sample_actions(next_observations, key)
+        uses it): the clipped Gaussian draw (as `sample_actions`) and the density of the
+        clipped value, or with `squashed_target_actions` SAC's tanh(mu + sigma eps) and its
+        tanh-Gaussian density."""
+        squashed = self.config.squashed_target_actions
+        mean, log_std = self.actor.apply_fn(self.actor.params, next_observations, squashed)
+        if squashed:  # `mean` before its tanh
+            return tanh_gaussian_sample(mean, log_std, key)
+        actions = clipped_gaussian_sample(mean, log_std, key)
         if not self.config.critic_entropy_weight:
             return actions, None
-        mean, log_std = self.actor.apply_fn(self.actor.params, next_observations)
         return actions, gaussian_log_prob(mean, log_std, actions)
 
     def update(self, batch: dict[str, jax.Array]) -> tuple[AWAC, dict[str, jax.Array]]:

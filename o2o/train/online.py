@@ -204,9 +204,7 @@ class OnlineLoop:
                 self._step()
                 steps = self.progress.env_steps
                 bar.advance(task_id, steps - before)
-                if steps // self.eval_interval > before // self.eval_interval or (
-                    steps >= self.online_steps
-                ):
+                if self._evaluation_due(before):
                     record = self._evaluate_and_save()
                     bar.update(task_id, info=f"return {record['return_mean']:.0f}")
                 if stop.requested:
@@ -218,6 +216,12 @@ class OnlineLoop:
                     )
         self.logger.close()
         return self.progress
+
+    def _evaluation_due(self, before: int) -> bool:
+        """Whether the steps since `before` crossed an evaluation point or ended the phase."""
+        steps = self.progress.env_steps
+        interval = self.eval_interval
+        return steps // interval > before // interval or steps >= self.online_steps
 
     def _set_up(self) -> bool:
         """The environment, the state (fresh or the checkpoint's), the logger, the evaluator
@@ -496,7 +500,7 @@ class SeedsOnlineLoop:
                 self._step()
                 steps = first.progress.env_steps
                 bar.advance(task_id, 1)
-                if steps // first.eval_interval > before // first.eval_interval or steps >= total:
+                if first._evaluation_due(before):
                     returns = [r["return_mean"] for r in self._evaluate_and_save()]
                     bar.update(task_id, info=f"return {' '.join(f'{r:.0f}' for r in returns)}")
                 if stop.requested:
