@@ -250,7 +250,7 @@ def _coerce(arrays: dict[str, Any], name: str, source: str) -> np.ndarray:
     value = value.astype(np.float32)
     bad = ~np.isfinite(value)
     if bad.any():
-        row = int(np.argwhere(bad)[0][0])
+        row = int(np.argwhere(np.atleast_1d(bad))[0][0])  # a 0-d value: row 0
         raise DatasetError(
             source,
             name,
