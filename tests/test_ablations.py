@@ -1,0 +1,74 @@
+"""benchmarks/ablations.py: variants matched to their baseline agent, differences as stats."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _ablations(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports offline.py beside it
+    spec = importlib.util.spec_from_file_location("ablations", BENCHMARKS / "ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results(path, groups):
+    """An offline.py results file: {DATASET/LABEL: {library: [score per run]}}, 4 evaluations."""
+    runs = {}
+    for group, libraries in groups.items():
+        for seed in range(len(next(iter(libraries.values())))):
+            runs[f"{group}/{seed}"] = {
+                library: {"curve": [{"step": 0, "score": 1.0}] + [{"score": s[seed]}] * 3}
+                for library, s in libraries.items()
+            }
+    path.write_text(json.dumps({"command": "python benchmarks/offline.py", "runs": runs}))
+    return path
+
+
+def test_variants_against_their_baseline_agent(tmp_path, monkeypatch):
+    pytest.importorskip("rliable")
+    module = _ablations(monkeypatch)
+    from o2o.report import stats
+
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    baseline = _results(
+        tmp_path / "parity.json",
+        {
+            "hopper-medium/awac": {"o2o": [1.0, 2, 3, 40], "d3rlpy": [50.0, 60, 2, 70]},
+            "hopper-medium/iql": {"o2o": [30.0, 31, 32, 33], "d3rlpy": [30.0, 30, 30, 30]},
+        },
+    )
+    variant = _results(
+        tmp_path / "parity-awac-x.json",
+        {
+            "hopper-medium/awac (x=1)": {"o2o": [20.0, 25, 3, 4], "d3rlpy": [50.0, 60, 2, 70]},
+            "hopper-medium/td3bc (x=1)": {"o2o": [9.0, 9, 9, 9]},  # no baseline: left out
+            "hopper-medium/awac": {"o2o": [1.0, 2, 3, 40]},  # no settings: not a variant
+        },
+    )
+    argv = ["ablations.py", str(variant), "--baseline", str(baseline), "--name", "out"]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert [row["group"] for row in rows] == ["hopper-medium/awac (x=1)"]
+    assert rows[0]["vs_o2o"] == str(stats.iqm_difference([20, 25, 3, 4], [1, 2, 3, 40]))
+    assert rows[0]["vs_d3rlpy"] == str(stats.iqm_difference([20, 25, 3, 4], [50, 60, 2, 70]))
+    assert rows[0]["fallen"] == "6 of 12"  # seeds 2 and 3 score 3 and 4 at each of 3 evaluations
+    table = (tmp_path / "out.md").read_text()
+    assert "hopper-medium/awac (parity, d3rlpy)" in table and "iql" not in table
+
+
+def test_no_variant_is_an_error(tmp_path, monkeypatch):
+    module = _ablations(monkeypatch)
+    baseline = _results(tmp_path / "parity.json", {"hopper-medium/iql": {"o2o": [1.0, 2]}})
+    argv = ["ablations.py", str(baseline), "--baseline", str(baseline), "--name", "out"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="no variant"):
+        module.main()
