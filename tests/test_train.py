@@ -375,6 +375,26 @@ def test_iql_scales_rewards_by_the_dataset_return_range_offline_and_online(tmp_p
     assert np.abs(exported.rewards).max() < 10  # Hopper's own reward scale
 
 
+def test_reward_scale_applies_online_without_a_dataset(tmp_path, capsys):
+    """An agent's constant reward scale needs no data, so an online-only run applies it too
+    (it was skipped without a dataset); the transforms fitted to data say they do nothing."""
+    out = tmp_path / "run"
+    run(
+        "--algo cql --task hopper --online-steps 12 --eval-interval 12 --agent.start-steps 4 "
+        f"--agent.reward-scale 10 --out {out}"
+    )
+    scale = json.loads((out / "transforms.json").read_text())["reward_transform"]["scale"]
+    assert scale == 10.0
+    seen = replay_transitions(out)["rewards"]
+    main(["dataset", "from-run", str(out), str(tmp_path / "online.npz")])
+    exported, _ = load_native(tmp_path / "online.npz")
+    np.testing.assert_allclose(seen, 10 * exported.rewards, rtol=1e-5)
+    assert np.abs(exported.rewards).max() < 10  # Hopper's own reward scale
+    out = tmp_path / "iql"
+    run(f"--algo iql --task hopper --online-steps 4 --eval-interval 4 --out {out}")
+    assert "--agent.reward-scale-by-return-range has no effect" in capsys.readouterr().err
+
+
 def test_observation_normalisation_and_held_out_q_bias(tmp_path):
     # 30 terminating episodes of 20 steps, states far from zero mean and unit scale.
     episodes, length, gamma = 30, 20, 0.99

@@ -345,13 +345,14 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             f"[yellow]no offline data (--task TASK-LEVEL or --dataset): {config.algo} trains on "
             f"online data only (offline_ratio {config.agent.offline_ratio} ignored)"
         )
+    if dataset is None:  # online from scratch: only the transforms that need no data
+        task = learning_task(task, None, needs["online"])
     # Written only once the data is loaded and checked: a refused command leaves nothing
     # that would block the corrected one.
     for run_dir, seed_cfg in zip(run_dirs, configs, strict=True):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(_config_json(seed_cfg), indent=1))
-        if dataset is not None:
-            (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
+        (run_dir / TRANSFORMS_FILE).write_text(json.dumps(_transforms_json(task), indent=1))
     phases: list[dict[str, Any]] = [{} for _ in seeds]
     if config.offline_steps > 0:
         # A run whose online phase has begun keeps its offline phase as it is, even with its
@@ -459,6 +460,12 @@ def _warn_without_effect(config: TrainConfig, needs: dict[str, Needs], level: st
     ):
         if pointless:
             console.print(f"[yellow]{flag} has no effect: {why}")
+    for field in ("normalize_observations", "reward_scale_by_return_range"):
+        if getattr(needs["online"], field) and not data:
+            flag = "--agent." + field.replace("_", "-")
+            console.print(
+                f"[yellow]{flag} has no effect: it is fitted to a dataset, and this run has none"
+            )
     start = config.agent.start_steps
     if online and needs["online"].loop == "off_policy" and start >= config.online_steps:
         console.print(
@@ -577,14 +584,19 @@ def run_split(config: TrainConfig, dataset: Dataset) -> tuple[Dataset, Dataset]:
     return dataset.hold_out(min(config.holdout_episodes, tenth) or max(tenth, 1))
 
 
-def learning_task(task: Task, dataset: Dataset, needs: Needs) -> Task:
+def learning_task(task: Task, dataset: Dataset | None, needs: Needs) -> Task:
     """The task as the agent learns it, from the transforms it needs:
     - `normalize_observations` (TD3+BC's recipe): states standardised by the dataset's mean
       and std, offline and, through `Task.make_env`, online and in evaluation;
     - `reward_scale_by_return_range` (IQL's locomotion recipe): the registry's reward transform
       followed by a scale that makes the dataset's episode returns span 1000;
     - `reward_scale` (Cal-QL's on OGBench manipulation): one more constant factor.
-    Online rewards and Q-bias use the same transforms."""
+    Online rewards and Q-bias use the same transforms. Without a dataset (online from scratch)
+    only the constant factor applies: the other two are fitted to the data."""
+    if dataset is None:
+        needs = dataclasses.replace(
+            needs, normalize_observations=False, reward_scale_by_return_range=False
+        )
     if needs.normalize_observations:
         normalizer = ObservationNormalizer.fit(dataset.observations)
         task = dataclasses.replace(task, observation_normalizer=normalizer)
