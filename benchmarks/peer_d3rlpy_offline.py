@@ -19,7 +19,11 @@ sizes and batch sizes where they differ, so that updates per second compare the 
 - bc: deterministic MSE BC, 256x256, lr 3e-4, batch 256, standardised observations (o2o bc-det);
 - td3+bc: alpha 2.5, smoothing 0.2 / 0.5, actor every 2 updates, standardised observations;
 - cql: conservative weight 5 at a fixed alpha (alpha lr 0), 10 action samples, actor lr 1e-4,
-  critic lr 3e-4, temperature lr 1e-4 (o2o's CQL_LOCOMOTION);
+  critic lr 3e-4, temperature lr 1e-4 (o2o's CQL_LOCOMOTION). Two differences no d3rlpy option
+  removes: its TD target acts with the deterministic a' = tanh(mu(s')) (without soft_q_backup
+  or max_q_backup), where o2o, JaxCQL and CORL sample a' from pi(.|s'); and it steps the critic
+  before the actor and the temperature before the actor loss reads it, where o2o (as JaxCQL)
+  takes all gradients at the parameters before the step;
 - iql: expectile 0.7, temperature 3, weights clipped at 100, rewards scaled by 1000 / return
   range, actor lr cosine-decayed over 1M updates (o2o's IQL_LOCOMOTION);
 - awac: lambda 1/3, 3x256, batch 256, standardised observations (o2o's CORL recipe; d3rlpy's

@@ -34,14 +34,18 @@ registry names them `locomotion` and `navigation` (PointMaze), and `o2o train` p
 the reward scale 10 is the agent's (`reward_scale`), as only Cal-QL's runs scale rewards.
 
 Choices and deviations:
-- Actor lr 1e-4 as Cal-QL's JaxCQL and CORL's fine-tuning CQL; CORL's offline `cql.py` uses
-  3e-5, an early JaxCQL 3e-4.
+- Actor lr 1e-4 as Cal-QL's fork of JaxCQL and CORL's fine-tuning CQL; young-geng's JaxCQL
+  uses 3e-4 (actor and temperature), CORL's offline `cql.py` 3e-5.
 - Hidden (256, 256) as JaxCQL for locomotion (CORL: 3x256). o2o's SAC builds actor and critic
   from one `hidden_dims`, so the antmaze preset's actor is 4x256 too (Cal-QL: 256-256).
 - Temperature: SAC's loss alpha (H - target) rather than the reference's log alpha (H - target):
   same sign and fixed point; Adam makes the step size nearly independent of that scale.
-- Policy head and init: o2o's TanhGaussian (log-std in [-20, 2], Xavier init), without the
-  reference's log-std offset of -1 or CORL's orthogonal init.
+- Policy head and init: o2o's TanhGaussian (separate mean and log-std heads, Xavier init,
+  log-std in [-20, 2]), not the reference's one head at 1/100 scale with a trainable log-std
+  multiplier and offset (1 and -1 at the start), nor the orthogonal init of CORL and of Cal-QL's
+  main. The critics' output layer keeps flax's default init, where JaxCQL's is scaled by 1/100.
+- CORL's hopper-medium config sets cql_alpha 10 and normalises states and rewards; o2o follows
+  JaxCQL (5, neither).
 - `offline_ratio` 0.5 online, Cal-QL's `mixing_ratio` for CQL and Cal-QL fine-tuning (the
   offline phase samples only the dataset whatever the ratio).
 """
