@@ -318,6 +318,20 @@ def test_offline_then_online_share_one_step_axis_and_resume(tmp_path):
     assert "| sac | 1 |" in table and "score at switch" in table and "regret" in table
 
 
+def test_rebrac_without_an_offline_phase_says_which_critic_penalty(tmp_path, capsys):
+    """ReBRAC's critic penalty changes at the switch: with no offline phase the run was never
+    switched and crashed at its first update, asking for the dataset's next actions."""
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit):
+        run(f"--algo rebrac --task hopper --online-steps 8 --out {out}")
+    assert "--agent.critic-bc 0 to train online" in capsys.readouterr().err
+    run(
+        f"--algo rebrac --task hopper --online-steps 8 --agent.start-steps 4 "
+        f"--agent.critic-bc 0 --out {out}"
+    )
+    assert summary(out)["env_steps"] == 8
+
+
 def test_offline_steps_without_data_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(f"--algo sac --task hopper --offline-steps 10 --out {tmp_path / 'r'}")

@@ -21,7 +21,9 @@ ReBRAC (`REBRAC`, CORL `offline/rebrac.py`, `finetune/rebrac.py`) generalises th
   switch the critic penalty is dropped (`online_critic_bc` 0). With `online_critic_bc` != 0
   online batches need `next_actions` too: the dataset's for offline rows, and for online rows
   the agent's own action at s' drawn when the transition is stored (CORL's online buffer holds
-  the actor's noisy action at s', not the action later taken there).
+  the actor's noisy action at s', not the action later taken there). A run with no offline
+  phase is never switched, so where the two penalties differ `o2o train` asks which one
+  applies (`--agent.critic-bc`) instead of starting.
 - Presets: CORL's offline coefficients per locomotion dataset (`configs/offline/rebrac/
   TASK/LEVEL_v2.yaml`, beta_actor / beta_critic), registered under the dataset's name:
 

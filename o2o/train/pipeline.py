@@ -308,6 +308,15 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
             f"--task {config.task} names a dataset and --dataset gives another; use --task "
             f"{task.name} with --dataset, or drop --dataset"
         )
+    critic_bc = getattr(config.agent, "critic_bc", 0.0)  # ReBRAC's, whose switch changes it
+    online_critic_bc = getattr(config.agent, "online_critic_bc", critic_bc)
+    if config.offline_steps == 0 and config.online_steps > 0 and critic_bc != online_critic_bc:
+        raise ValueError(
+            f"{config.algo}'s critic penalty is {critic_bc:g} offline and {online_critic_bc:g} "
+            "online, and it changes at the offline-to-online switch, which a run without "
+            f"offline steps never reaches: pass --agent.critic-bc {online_critic_bc:g} to train "
+            "online from the start with the online setting, or --offline-steps N"
+        )
     obs_space, act_space = task.spaces()  # no observation normaliser yet: make_env's too
     agents = [spec.agent_cls.create(config.agent, obs_space, act_space, seed) for seed in seeds]
     needs = {phase: agents[0].needs(phase) for phase in PHASES}
