@@ -253,3 +253,47 @@ def test_chunks_run_open_loop_online_and_in_evaluation(tmp_path):
         assert record["return_mean"] == pytest.approx(rewards.sum(), abs=1e-5)
         assert record["q_pred_mean"] == pytest.approx(1.5)
         assert record["q_mc_mean"] == pytest.approx(np.mean(returns), abs=1e-5)
+
+
+def test_windows_run_through_successes_inside_a_recording():
+    """OGBench single-task data marks a success terminal inside a play recording that goes
+    on: QC's reference (`sample_sequence`) keeps windows across it (every step valid, the
+    mask 0, the rewards summed), so windows starting at or before a success are trained. Where
+    terminals end episodes (D4RL), a window stops at one, and it stops at a break either way."""
+    from o2o.data.dataset import Dataset
+    from o2o.envs.tasks import get_task
+    from o2o.train.pipeline import dataset_buffers
+
+    states = np.arange(9, dtype=np.float32)[:, None]
+    next_states = states + 1
+    next_states[5] = 99.0  # a break: row 6 starts another recording
+    data = Dataset.from_arrays(
+        {
+            "observations": states,
+            "actions": np.zeros((9, 2), np.float32),
+            "rewards": np.arange(9, dtype=np.float32),
+            "next_observations": next_states,
+            "terminals": np.arange(9) == 1,  # the success at row 1
+        }
+    )
+    hopper = get_task("hopper")
+    needs = {"offline": Needs(horizon=3)}
+
+    def windows(task):
+        buffer = dataset_buffers(data, task, 0.99, needs)["offline"]
+        batch = buffer.sample(jax.random.key(0), 300, horizon=3)
+        starts = np.asarray(batch["observations"][:, 0]).astype(int)
+        first = {t: int(np.flatnonzero(starts == t)[0]) for t in (0, 1, 4)}
+        return {
+            t: (batch["valid"][i].tolist(), batch["rewards"][i].tolist(), float(batch["masks"][i]))
+            for t, i in first.items()
+        }
+
+    inside = windows(dataclasses.replace(hopper, terminals_inside_recordings=True))
+    assert inside[0] == ([1, 1, 1], [0, 1, 2], 0.0)  # through the success: no bootstrap
+    assert inside[1] == ([1, 1, 1], [1, 2, 3], 0.0)  # starting at the success (untrained before)
+    assert inside[4] == ([1, 1, 0], [4, 5, 0], 1.0)  # the break ends it
+    ending = windows(hopper)
+    assert ending[0] == ([1, 1, 0], [0, 1, 0], 0.0)
+    assert ending[1] == ([1, 0, 0], [1, 0, 0], 0.0)
+    assert ending[4] == inside[4]

@@ -9,8 +9,10 @@ QC acts in chunks of h actions executed open-loop, and values whole chunks:
   sum_{i<h} gamma^i r_{t+i} + gamma^h m Q'(s_{t+h}, a'), with Q' the target critics reduced by
   `q_agg` (mean or min) and a' the chunk the agent would act with at s_{t+h}. The squared
   error is weighted by valid[-1]: chunks that cross an episode's end before their last step
-  drop out. The chunk is the agent's whole action, so this n-step backup needs no off-policy
-  correction;
+  drop out. On OGBench single tasks a success (a terminal, m = 0) is no end: the play
+  recording goes on, and chunks run through it as the reference's `sample_sequence` does
+  (`Task.terminals_inside_recordings`). The chunk is the agent's whole action, so this
+  n-step backup needs no off-policy correction;
 - acting (best-of-N): N chunks from the prior (Euler steps from Gaussian noise), the one with
   the highest Q kept. The actor's loss has no Q term (ColinQiyangLi/qc#12).
 With h = 1 it is best-of-N over a flow BC prior with a one-step critic, trained on ordinary

@@ -134,6 +134,16 @@ class Dataset:
             ends[-1] = True
         return ends
 
+    @property
+    def recording_ends(self) -> np.ndarray:
+        """True at the last row of each unbroken recording: a timeout, a break in the
+        observations, or the final row. Unlike `episode_ends`, a terminal is not one: for data
+        whose terminals mark successes the recording goes on after (OGBench single tasks)."""
+        ends = self.timeouts | self.broken
+        if len(ends):
+            ends[-1] = True
+        return ends
+
     def episodes(self) -> list[slice]:
         """One slice per episode, in order."""
         stops = np.flatnonzero(self.episode_ends) + 1

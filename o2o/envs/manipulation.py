@@ -375,6 +375,7 @@ class ManipulationTask(Task):
     task_id: int = 2
     success_timing: str = "pre"
     sparse: bool = False  # Q-chunking's variant: reward -1 until solved, then 0
+    terminals_inside_recordings: bool = True  # the play goes on after a success
 
     @property
     def failure_reward(self) -> float | None:

@@ -95,6 +95,9 @@ class Task:
     observation_normalizer: ObservationNormalizer | None = None  # set per run (learning_task)
     success_metric: bool = False  # report success_rate (sparse goal-reaching tasks)
     family: str = "locomotion"  # which of an agent's reference presets applies (o2o.agents)
+    # Its data's terminals are successes inside recordings that go on (OGBench single tasks):
+    # they stop the bootstrap, but windows of steps (QC's chunks) run through them.
+    terminals_inside_recordings: bool = False
 
     def base_env(self) -> gym.Env:
         """The environment, with actions rescaled to [-1, 1] where its bounds differ."""

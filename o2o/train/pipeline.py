@@ -512,8 +512,13 @@ def dataset_buffers(
                 )
             if "next_actions" in need.batch_fields:
                 transitions["next_actions"] = dataset.next_actions()
-            if need.horizon > 1:  # windows of steps stop at episode ends
-                transitions["ends"] = dataset.episode_ends.astype(np.float32)
+            if need.horizon > 1:  # windows of steps stop at episode ends (QC: trajectory ends)
+                ends = (
+                    dataset.recording_ends
+                    if task.terminals_inside_recordings
+                    else dataset.episode_ends
+                )
+                transitions["ends"] = ends.astype(np.float32)
             made[key] = ReplayBuffer.from_arrays(transitions)
         buffers[phase] = made[key]
     return buffers
