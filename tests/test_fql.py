@@ -35,14 +35,16 @@ def test_critic_loss_by_hand(agent):
     np.testing.assert_allclose(float(loss), np.mean((q - target) ** 2), rtol=1e-5)
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_actor_loss_by_hand(agent, normalize):
+@pytest.mark.parametrize(("normalize", "q_agg"), [(False, "mean"), (True, "mean"), (True, "min")])
+def test_actor_loss_by_hand(agent, normalize, q_agg):
     """The one-step policy's first action dimension is pushed past the bound (output bias +3):
     the distillation takes it unclipped, as the reference, and so still pulls it back; only Q
-    sees the clipped action."""
+    sees the clipped action. The actor maximises the critics' mean whatever `q_agg` (which
+    reduces the target only), as the reference's actor loss."""
     import dataclasses
 
-    agent = agent.replace(config=dataclasses.replace(TINY, normalize_q_loss=normalize))
+    config = dataclasses.replace(TINY, normalize_q_loss=normalize, q_agg=q_agg)
+    agent = agent.replace(config=config)
     params = jax.tree.map(jnp.asarray, agent.actor.params)
     params["params"]["Dense_0"]["bias"] = params["params"]["Dense_0"]["bias"].at[0].add(3.0)
     b = random_batch(1)

@@ -6,7 +6,7 @@ multi-modal action distribution, on actions the data never took; the flow covers
 This is the prior of QC (best-of-N sampling), FQL (distillation target) and IDQL.
 
 Recipe (seohongpark/fql `actor_bc_flow`, the BC flow of FQL and QC): the straight-path
-conditional flow-matching loss, (512, 512, 512, 512) MLP over [s, x_t, t], Adam 3e-4, batch
+conditional flow-matching loss, (512, 512, 512, 512) GELU MLP over [s, x_t, t], Adam 3e-4, batch
 256, 10 Euler steps, actions clipped to [-1, 1].
 
 Acting: `deterministic` has no mode to return for a flow (starting from zero noise lands
@@ -34,6 +34,7 @@ from o2o.agents.base import (
     register,
     scan_update_steps,
 )
+from o2o.nets.mlp import Activation
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
 
@@ -42,6 +43,7 @@ class FlowBCConfig:
     """Flow BC hyperparameters; the defaults are FQL's BC flow."""
 
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    activation: Activation = "gelu"  # the reference's MLP default (ReLU before 2026-12-04)
     lr: float = 3e-4
     flow_steps: int = 10  # Euler steps from noise to action
     batch_size: int = 256
@@ -70,7 +72,7 @@ class FlowBC(ActsFromNoise, flax.struct.PyTreeNode):
         obs = jnp.zeros((1, *obs_space.shape), jnp.float32)
         act = jnp.zeros((1, act_space.shape[-1]), jnp.float32)
         key_init, rng = jax.random.split(jax.random.key(seed))
-        actor_def = FlowField(act.shape[-1], config.hidden_dims)
+        actor_def = FlowField(act.shape[-1], config.hidden_dims, activation=config.activation)
         actor = TrainState.create(
             apply_fn=actor_def.apply,
             params=actor_def.init(key_init, obs, act, jnp.zeros(1)),

@@ -9,10 +9,11 @@ The one-step policy acts, and gives the next actions of the TD target. alpha set
 policy may leave the data's support: the one hyperparameter the reference tunes per task.
 
 Recipe (`agents/fql.py: get_config`): (512, 512, 512, 512) GELU MLPs for both actors and the
-critic, LayerNorm (after each activation) in the critic only, 2 critics whose mean
-(`q_agg='mean'`; `min` for some tasks) is both the target and the actor's objective, alpha
-10, 10 Euler steps for the BC flow, Q loss not normalised (`normalize_q_loss=True` scales it
-by 1 / mean |Q|, the README's advice for new environments), lr 3e-4, batch 256, gamma 0.99,
+critic, LayerNorm (after each activation) in the critic only, 2 critics reduced by their mean
+in the target (`q_agg='mean'`; `min` for some tasks) and always by their mean in the actor's
+objective, alpha 10, 10 Euler steps for the BC flow, Q loss not normalised
+(`normalize_q_loss=True` scales it by 1 / mean |Q|, the README's advice for new
+environments), lr 3e-4, batch 256, gamma 0.99,
 tau 0.005. Actions are clipped to [-1, 1] where they act or Q is evaluated (the BC flow's
 output always); the distillation loss takes the one-step policy's output unclipped. The TD
 loss is the mean over critics and rows.
@@ -174,8 +175,9 @@ class FQL(ActsFromNoise, flax.struct.PyTreeNode):
         return loss, {"bc_flow_loss": loss}
 
     def actor_loss(self, actor_params, batch, key) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """alpha E||mu(s, z) - flow(s, z)||^2 / |A| - lam E[agg_i Q_i(s, clip(mu(s, z)))], lam 1
-        or 1 / E|Q| (stopped gradient) with `normalize_q_loss`. The distillation takes mu
+        """alpha E||mu(s, z) - flow(s, z)||^2 / |A| - lam E[mean_i Q_i(s, clip(mu(s, z)))], lam
+        1 or 1 / E|Q| (stopped gradient) with `normalize_q_loss`; the critics' mean whatever
+        `q_agg`, which reduces the target only (as the reference). The distillation takes mu
         unclipped, as the reference: clipping there would cut the gradient of every dimension
         past a bound, and the one-step policy could drift out of bounds unchecked."""
         obs = batch["observations"]
@@ -186,7 +188,7 @@ class FQL(ActsFromNoise, flax.struct.PyTreeNode):
         raw = self.actor.apply_fn(actor_params, obs, noise)
         distill = jnp.mean((raw - target) ** 2)
         actions = jnp.clip(raw, -1.0, 1.0)
-        q = self._aggregate(self.critic.apply_fn(self.critic.params, obs, actions))
+        q = self.critic.apply_fn(self.critic.params, obs, actions).mean(0)  # mean, any q_agg
         lam = (
             jax.lax.stop_gradient(1.0 / jnp.abs(q).mean()) if self.config.normalize_q_loss else 1.0
         )

@@ -15,7 +15,7 @@ actor (`actor_tau` 0.001) that acts, greedy argmax of the target critics' Q over
 offline, 128 fine-tuning), locomotion returns rescaled to a 1000 span. Online only V and Q
 train (the actor is frozen), on batches of 128 online + 128 offline transitions. IFQL
 (seohongpark/fql `agents/ifql.py`, the flow version of IDQL): flow-matching BC with a
-(512, 512, 512, 512) MLP, 10 Euler steps, 32 samples, argmax Q.
+(512, 512, 512, 512) GELU MLP, 10 Euler steps, 32 samples, argmax Q.
 
 Choices and deviations:
 - Flow matching (IFQL's loss, network, 10 Euler steps and 32 samples) instead of IDQL's DDPM
@@ -56,6 +56,7 @@ from flax.training.train_state import TrainState
 
 from o2o.agents.base import ActsFromNoise, compiled_create, register, switch_parts
 from o2o.agents.iql import IQL, IQLConfig, actor_learning_rate
+from o2o.nets.mlp import Activation
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
 
 
@@ -65,6 +66,7 @@ class IDQLConfig(IQLConfig):
     and the selection rule; the defaults are the locomotion recipe."""
 
     actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    actor_activation: Activation = "gelu"  # IFQL's flow (ReLU before 2026-12-04); critics: ReLU
     flow_steps: int = 10  # Euler steps from noise to action
     num_samples: int = 32  # candidates per state when acting (IFQL 32; IDQL 64, 128 online)
     selection: Literal["greedy", "expectile"] = "greedy"  # argmax Q, or expectile resampling
@@ -128,7 +130,9 @@ class IDQL(ActsFromNoise, IQL):
         obs = jnp.zeros((1, *obs_space.shape), jnp.float32)
         act = jnp.zeros((1, act_space.shape[-1]), jnp.float32)
         key_actor, rng = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
-        actor_def = FlowField(act.shape[-1], config.actor_hidden_dims)
+        actor_def = FlowField(
+            act.shape[-1], config.actor_hidden_dims, activation=config.actor_activation
+        )
         actor = TrainState.create(
             apply_fn=actor_def.apply,
             params=actor_def.init(key_actor, obs, act, jnp.zeros(1)),
