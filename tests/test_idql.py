@@ -68,6 +68,23 @@ def test_presets():
     assert IDQL_LOCOMOTION.actor_hidden_dims == (512,) * 4 and IDQL_LOCOMOTION.flow_steps == 10
 
 
+@pytest.mark.parametrize(("done", "rate"), [(0, 1.0), (3, 0.25), (50, 0.1)])
+def test_ema_is_the_mean_so_far_then_actor_tau(agent, done, rate):
+    """After the actor's k-th update the EMA moves at max(actor_tau, 1/k): it held 0.999^k of
+    its random initial weights before (13% after 2,000 updates), acting partly at random."""
+    start = agent.replace(
+        actor=agent.actor.replace(step=jnp.asarray(done, agent.actor.step.dtype)),
+        target_actor_params=scaled(agent.target_actor_params, 1.5),
+    )
+    new, _ = jax.jit(type(start).update_step)(start, random_batch(0))
+    ema = jax.tree.map(
+        lambda a, t: rate * np_(a) + (1 - rate) * np_(t),
+        new.actor.params,
+        start.target_actor_params,
+    )
+    leaves_close(new.target_actor_params, ema, rtol=1e-5, atol=1e-6)
+
+
 def test_update_step_flow_bc_actor_iql_critic_and_ema(agent):
     """The actor descends the flow-matching loss on dataset actions under a fresh split of
     `rng`; V, Q and the target critics take IQL's step; the EMA follows the new actor."""
@@ -94,8 +111,11 @@ def test_update_step_flow_bc_actor_iql_critic_and_ema(agent):
     np.testing.assert_allclose(keyed_loss, loss, rtol=1e-6)
     leaves_close(new.actor.params, expected, rtol=1e-5, atol=1e-7)
     assert all(moved(new.actor.params, agent.actor.params))
+    rate = max(0.1, 1 / int(new.actor.step))  # the EMA's warm-up: the mean so far, at first
     ema = jax.tree.map(
-        lambda a, t: 0.1 * np_(a) + 0.9 * np_(t), new.actor.params, agent.target_actor_params
+        lambda a, t: rate * np_(a) + (1 - rate) * np_(t),
+        new.actor.params,
+        agent.target_actor_params,
     )
     leaves_close(new.target_actor_params, ema, rtol=1e-5, atol=1e-7)
 

@@ -8,7 +8,8 @@ dataset actions only), and acting draws `num_samples` candidates per state from 
 keeps the one the target critics rate highest (`greedy`), or resamples one by the expectile
 weights (`expectile`).
 
-Recipe. IDQL (philippe-eecs/IDQL, jaxrl5 `ddpm_iql_learner.py` and its launcher): IQL's critic
+Recipe. IDQL (philippe-eecs/IDQL, jaxrl5 `ddpm_iql_learner.py` and its launcher; the package
+now imports the leaner `ddpm_iql_simple`, pure BC only): IQL's critic
 (2 Qs and V; expectile 0.7 for locomotion, 0.9 for AntMaze), a DDPM behaviour policy trained by
 pure BC (`actor_objective='bc'`) with a cosine actor-LR decay over `decay_steps`, an EMA of the
 actor (`actor_tau` 0.001) that acts, greedy argmax of the target critics' Q over N samples (64
@@ -25,21 +26,31 @@ Choices and deviations:
 - `selection='expectile'` resamples with probability proportional to |tau - 1(Q - V < 0)|, the
   reference code's `sample_implicit_policy`; the paper's importance weight also divides by
   |Q - V|, which is unbounded where Q = V.
-- Critic and value: IQL's (256, 256) MLPs without LayerNorm; IDQL's cleaned-up release adds
-  LayerNorm to the critic (for speed, at a cost of 2-4 points by its author, IDQL#4). Batch
-  256 (IQL's and IFQL's); the IDQL fine-tuning launcher runs one 512-row batch per update.
+- Critic and value: IQL's (256, 256) MLPs without LayerNorm. IDQL's current learner
+  (`ddpm_iql_simple`, the one its package imports) puts one LayerNorm on V's input and none
+  in Q; IFQL has LayerNorm after each GELU of its 4 x 512 Q and V. Batch 256 (IQL's and
+  IFQL's); both IDQL launchers use 512 rows, and the paper's commit trained the actor on
+  2 x 1024 and the critic on 256. The actor's Adam has no weight decay (IFQL's; IDQL's adamw
+  decays by optax's default 1e-4).
 - IDQL's 95/5 train/validation split of the dataset is not made.
 - Online batches are half offline (`offline_ratio` 0.5, IDQL's 128 + 128). IDQL waits 5,000
-  environment steps before updating but acts with its policy meanwhile; o2o's `start_steps`
-  would act at random instead, so it stays 0.
+  environment steps before updating, acting with its policy meanwhile: `--agent.start-steps
+  5000` does that (IDQL declares no random warm-up); the default 0 updates from the first
+  step, for fine-tuning budgets shorter than the reference's.
 - `on_switch` stops the actor and its EMA (the actor frozen by `switch_parts`, `actor_tau` set
   to 0), as IDQL's critic-only fine-tuning; `online_actor_updates=True` keeps training both
   with the offline loss (what the launcher's unread `train_actor_finetuning` switch names).
+- The EMA warms up: its rate is max(`actor_tau`, 1/k) after k actor updates, so the acting
+  copy is the mean of the actor so far until k = 1/`actor_tau` (1,000), then the reference's
+  EMA. Without it the copy keeps 0.999^k of its random initial weights (13% after 2,000
+  updates), so small-budget runs acted with a partly random flow; at the reference's millions
+  of updates the two agree.
 - `temperature` and `max_weight` are IQL's AWR fields, unused here.
 - Each step runs IQL's order (value, actor, critic, target critics), then the EMA. The BC
   actor reads no critic, so only V-before-Q matters.
 - `deterministic` changes nothing: a flow has no mode to return (zero noise lands between
-  symmetric modes). Evaluation passes a fixed key, which makes it reproducible.
+  symmetric modes). Evaluation draws fresh noise at every step from a key sequence that
+  restarts with each evaluation, as the reference draws fresh noise, and is reproducible.
 """
 
 from __future__ import annotations
@@ -54,7 +65,14 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from o2o.agents.base import ActsFromNoise, compiled_create, register, switch_parts
+from o2o.agents.base import (
+    ActsFromNoise,
+    Needs,
+    Phase,
+    compiled_create,
+    register,
+    switch_parts,
+)
 from o2o.agents.iql import IQL, IQLConfig, actor_learning_rate
 from o2o.nets.mlp import Activation
 from o2o.nets.policies import FlowField, flow_actions, flow_matching_loss
@@ -158,12 +176,14 @@ class IDQL(ActsFromNoise, IQL):
         return loss, {"actor_loss": loss}
 
     def update_step(self, batch) -> tuple[IDQL, dict[str, jax.Array]]:
-        """IQL's step with this step's flow-noise key, then the EMA of the actor."""
+        """IQL's step with this step's flow-noise key, then the EMA of the actor, at rate
+        max(actor_tau, 1 / k) after the actor's k-th update: the mean of its parameters so far
+        until k = 1 / actor_tau, then the reference's EMA (`actor_tau` 0 stops it)."""
         rng, key = jax.random.split(self.rng)
         agent, info = IQL.update_step(self.replace(rng=key), batch)
-        target = optax.incremental_update(
-            agent.actor.params, agent.target_actor_params, agent.config.actor_tau
-        )
+        tau = agent.config.actor_tau
+        rate = jnp.maximum(tau, 1.0 / jnp.maximum(agent.actor.step, 1)) if tau > 0 else 0.0
+        target = optax.incremental_update(agent.actor.params, agent.target_actor_params, rate)
         return agent.replace(target_actor_params=target, rng=rng), info
 
     def noise_shapes(self, batch_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -193,6 +213,10 @@ class IDQL(ActsFromNoise, IQL):
             probs = expectile_probabilities(q, v, self.config.expectile)
             index = inverse_cdf_index(probs, noise["uniform"])
         return jnp.take_along_axis(candidates, index[..., None, None], axis=-2)[..., 0, :]
+
+    def needs(self, phase: Phase) -> Needs:
+        """IQL's, and a warm-up (`start_steps`) that acts with the policy, as the reference."""
+        return dataclasses.replace(super().needs(phase), random_warmup=False)
 
     def on_switch(self, config: Any = None) -> IDQL:
         """Unless `online_actor_updates`, stop the actor (frozen) and its EMA (`actor_tau` 0):
