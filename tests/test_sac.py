@@ -38,6 +38,7 @@ def test_presets_are_the_reference_recipes():
     assert not NAIVE.critic_layer_norm and (NAIVE.offline_ratio, NAIVE.start_steps) == (1.0, 0)
     assert (SAC_N.num_critics, SAC_N.num_min_critics, SAC_N.actor_q) == (10, 10, "min")
     assert SAC_N.hidden_dims == (256, 256, 256) and SAC_N.diversity_weight == 0.0
+    assert SAC_N.log_std_min == -5.0  # EDAC's clip, as CORL's (SAC: -20)
     assert dataclasses.replace(EDAC, diversity_weight=0.0) == SAC_N and EDAC.diversity_weight == 1
     assert SAC.create(dataclasses.replace(SAC_N, **TINY), OBS, ACT, 0).target_entropy == -2.0
     agent = SAC.create(RLPD, OBS, ACT, 0)

@@ -132,6 +132,7 @@ SAC_N = dataclasses.replace(
     num_min_critics=10,
     actor_q="min",
     target_entropy_per_dim=-1.0,
+    log_std_min=-5.0,  # the EDAC paper's clip, as CORL's (not SAC's -20)
 )
 EDAC = dataclasses.replace(SAC_N, diversity_weight=1.0)
 RLPD_NAVIGATION = dataclasses.replace(
