@@ -66,6 +66,7 @@ from o2o.agents.base import (
 )
 from o2o.agents.flow_bc import FlowBC
 from o2o.nets.ensemble import StateValue
+from o2o.nets.mlp import Activation
 from o2o.nets.policies import FlowField, flow_matching_error
 
 
@@ -75,6 +76,7 @@ class FPOConfig:
 
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)  # the flow (FQL's BC flow)
     value_hidden_dims: tuple[int, ...] = (256, 256)
+    activation: Activation = "silu"  # both networks', the reference's (ReLU before 2026-12-04)
     lr: float = 3e-4
     value_lr: float = 3e-4
     flow_steps: int = 10  # Euler steps from noise to action
@@ -153,13 +155,13 @@ class FPO(ActsFromNoise, flax.struct.PyTreeNode):
         obs = jnp.zeros((1, *obs_space.shape), jnp.float32)
         act = jnp.zeros((1, act_space.shape[-1]), jnp.float32)
         key_actor, key_value, rng = jax.random.split(jax.random.key(seed), 3)
-        actor_def = FlowField(act.shape[-1], config.hidden_dims)
+        actor_def = FlowField(act.shape[-1], config.hidden_dims, activation=config.activation)
         actor = TrainState.create(
             apply_fn=actor_def.apply,
             params=actor_def.init(key_actor, obs, act, jnp.zeros(1)),
             tx=optax.adam(config.lr),
         )
-        value_def = StateValue(config.value_hidden_dims)
+        value_def = StateValue(config.value_hidden_dims, activation=config.activation)
         value = TrainState.create(
             apply_fn=value_def.apply,
             params=value_def.init(key_value, obs),

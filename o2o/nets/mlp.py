@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 
 default_init = nn.initializers.xavier_uniform  # the jaxrl/RLPD initialisation
-ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu}
-Activation = Literal["relu", "gelu"]
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}
+Activation = Literal["relu", "gelu", "silu"]
 Init = Literal["xavier", "torch"]
 
 
