@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import tyro
 
 from o2o.agents import AGENTS
-from o2o.checkpoint import RunDirectoryInUse
+from o2o.checkpoint import RunDirectoryInUse, find_checkpoint
 from o2o.data.formats import FORMATS, SAVERS, load_dataset, save_dataset
 from o2o.data.generate import dataset_from_replay, make_dataset
 from o2o.diagnostics.fqe import (
@@ -37,6 +38,7 @@ from o2o.logging import console, read_metrics, write_json
 from o2o.report.report import render_report
 from o2o.report.tables import dataset_row, print_dataset_table, print_table
 from o2o.sweep import sweep as run_sweep
+from o2o.train.offline import checkpoint_dir as offline_checkpoint_dir
 from o2o.train.pipeline import (
     config_type,
     default_config,
@@ -149,39 +151,88 @@ def demo_command(argv: list[str]) -> Path:
     parser.add_argument("--eval-interval", type=at_least(1), default=250)
     parser.add_argument("--eval-episodes", type=at_least(1), default=5)
     parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="fine-tune the offline runs DIR/cql and DIR/calql (made by `o2o train ... "
+        "--online-steps 0`) instead of pre-training: their configuration (task, data, "
+        "networks, evaluations, seed) replaces the flags above but for --online-steps and "
+        "--rlpd-start-steps, and RLPD runs on the same",
+    )
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    hidden = tuple(args.hidden)
+    if args.pretrained is None:
+        base = default_config(
+            "cql",
+            task=args.task,
+            dataset_size=args.dataset_size,
+            offline_steps=args.offline_steps,
+            seed=args.seed,
+            eval_interval=args.eval_interval,
+            eval_episodes=args.eval_episodes,
+        )
+        hidden, pretrained = tuple(args.hidden), {}
+    else:
+        pretrained = {algo: _pretrained_run(args.pretrained, algo) for algo in ("cql", "calql")}
+        base = load_config(args.pretrained / "cql")
+        hidden = tuple(base.agent.hidden_dims)
     plan = {  # algo -> (offline steps, agent overrides)
-        "cql": (args.offline_steps, {"hidden_dims": hidden}),
-        "calql": (args.offline_steps, {"hidden_dims": hidden}),
+        "cql": (base.offline_steps, {"hidden_dims": hidden}),
+        "calql": (base.offline_steps, {"hidden_dims": hidden}),
         "rlpd": (0, {"hidden_dims": hidden, "start_steps": args.rlpd_start_steps}),
     }
+    origin = (
+        f"pre-trained for {base.offline_steps} offline updates ({args.pretrained})"
+        if pretrained
+        else f"{base.offline_steps} offline updates"
+    )
     console.print(
-        f"o2o demo on {args.task}: CQL and Cal-QL, {args.offline_steps} offline updates then "
-        f"{args.online_steps} online steps; RLPD, {args.online_steps} online steps with the "
-        f"data mixed in; networks {'x'.join(map(str, hidden))}. Outputs in {out}"
+        f"o2o demo on {base.task}: CQL and Cal-QL, {origin} then {args.online_steps} online "
+        f"steps; RLPD, {args.online_steps} online steps with the data mixed in; networks "
+        f"{'x'.join(map(str, hidden))}. Outputs in {out}"
     )
     run_dirs = []
     for algo, (offline_steps, overrides) in plan.items():
         console.rule(algo)
-        config = default_config(
-            algo,
-            task=args.task,
-            dataset_size=args.dataset_size,
-            offline_steps=offline_steps,
-            online_steps=args.online_steps,
-            seed=args.seed,
-            eval_interval=args.eval_interval,
-            eval_episodes=args.eval_episodes,
-            out=out / algo,
-        )
-        agent = dataclasses.replace(config.agent, **overrides)
-        run_dirs.append(train(dataclasses.replace(config, agent=agent)))
-    path = render_report(run_dirs, out / "report", title=f"o2o demo: {args.task}")
+        if algo in pretrained:
+            if not (out / algo).exists():  # a demo run again resumes its own copy
+                shutil.copytree(pretrained[algo], out / algo)
+            config = dataclasses.replace(load_config(out / algo), out=out / algo)
+        else:
+            config = default_config(
+                algo,
+                task=base.task,
+                dataset_size=base.dataset_size,
+                offline_steps=offline_steps,
+                seed=base.seed,
+                eval_interval=base.eval_interval,
+                eval_episodes=base.eval_episodes,
+                out=out / algo,
+            )
+            config = dataclasses.replace(
+                config, agent=dataclasses.replace(config.agent, **overrides)
+            )
+        run_dirs.append(train(dataclasses.replace(config, online_steps=args.online_steps)))
+    path = render_report(run_dirs, out / "report", title=f"o2o demo: {base.task}")
     console.print(f"report: {path} (Markdown: {path.with_suffix('.md')})")
     print(path)
     return path
+
+
+def _pretrained_run(root: Path, algo: str) -> Path:
+    """`root/algo`, an offline run the demo can fine-tune, or a ValueError saying why not."""
+    run = root / algo
+    config = load_config(run)  # names the directory if it is not a run
+    if config.algo != algo or config.online_steps != 0 or config.offline_steps == 0:
+        raise ValueError(
+            f"{run}: --pretrained needs an offline {algo} run (--algo {algo} --offline-steps "
+            f"N --online-steps 0); it holds a {config.algo} run of {config.offline_steps} "
+            f"offline and {config.online_steps} online steps"
+        )
+    if find_checkpoint(offline_checkpoint_dir(run)) is None:
+        raise ValueError(f"{run}: no offline checkpoint; train it to the end first")
+    return run
 
 
 def dataset_command(argv: list[str]) -> None:

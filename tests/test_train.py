@@ -830,3 +830,32 @@ def test_report_counts_a_diverged_run_and_names_a_broken_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["report", str(run_dir)])
     assert stop.value.code == 2 and "config.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_demo_fine_tunes_pretrained_offline_runs(tmp_path, capsys, monkeypatch):
+    """`--pretrained DIR`: the offline runs DIR/cql and DIR/calql are copied and fine-tuned
+    (their offline phase is not rerun, their settings kept), RLPD runs on the same data."""
+    monkeypatch.setenv("O2O_DATA_DIR", str(tmp_path / "data"))
+    shipped = tmp_path / "shipped"
+    common = (
+        "--task hopper-medium --dataset-size 3000 --offline-steps 20 --online-steps 0 "
+        "--eval-interval 10 --eval-episodes 2 --agent.hidden-dims 8 8"
+    )
+    for algo in ("cql", "calql"):
+        main(["train", "--algo", algo, *common.split(), "--out", str(shipped / algo)])
+    with pytest.raises(SystemExit):  # not an offline cql run: said, nothing trained
+        main(["demo", "--pretrained", str(shipped / "cql"), "--out", str(tmp_path / "bad")])
+    assert "not a run directory" in capsys.readouterr().err
+    out = tmp_path / "demo"
+    flags = f"--pretrained {shipped} --online-steps 30 --rlpd-start-steps 25 --out {out}"
+    main(["demo", *flags.split()])
+    assert str(out / "report" / "report.html") in capsys.readouterr().out
+    for algo in ("cql", "calql"):
+        done = summary(out / algo)
+        assert done["offline_updates"] == 20 and done["env_steps"] == 30 and "dip" in done
+        offline = [r for r in read_metrics(out / algo) if r["phase"] == "offline"]
+        assert [r["step"] for r in offline] == [0, 10, 20]  # the shipped curve, not retrained
+        assert not (shipped / algo / "checkpoints" / "online").exists()  # the copy learns
+    rlpd = json.loads((out / "rlpd" / "config.json").read_text())
+    assert (rlpd["agent"]["hidden_dims"], rlpd["dataset_size"]) == ([8, 8], 3000)
+    assert summary(out / "rlpd")["updates"] == (30 - 25) * 20
