@@ -25,10 +25,13 @@ Choices and deviations:
   (clipped to [-5, 2]), not a tanh-squashed distribution. Its log-density of dataset actions
   is finite at |a| = 1 without any atanh, and d3rlpy's IQL scored zero on AntMaze with a
   squashed policy (takuseno/d3rlpy#171). Sampled actions are clipped to [-1, 1], as there.
-- Actor learning rate: cosine decay to 0 over `decay_steps` actor updates (pass the offline
-  budget), then constant `actor_lr`, which is what the reference fine-tuning config uses
-  (`opt_decay_schedule = None`). Without the constant tail the actor would fine-tune online
-  at learning rate 0; with it `on_switch` needs to change nothing.
+- Actor learning rate: cosine decay to 0 over `decay_steps` actor updates (the reference's
+  offline recipe decays over its whole run: pass the offline budget), then constant
+  `actor_lr`, so that an actor decayed offline still learns online and `on_switch` needs to
+  change nothing. Neither reference fine-tunes that way: ikostrikov's fine-tuning config
+  never decays (`opt_decay_schedule = None`, pre-training included: `--agent.decay-steps
+  None`), and CORL's periodic `CosineAnnealingLR` climbs back from 0 over the online steps.
+  `--reset-optimizers` also restarts the schedule (its step count is optimiser state).
 - Initialisation: o2o's MLP (Xavier-uniform), not the reference's orthogonal(sqrt 2).
 - Data online: the reference's `train_finetune.py` appends online transitions to the buffer
   holding the dataset and samples the union uniformly (`--data-mix proportional` does that).
@@ -264,7 +267,7 @@ class IQL(flax.struct.PyTreeNode):
 
     def on_switch(self, config: Any = None) -> IQL:
         """IQL fine-tunes online with its offline losses; the actor LR schedule already goes
-        constant after `decay_steps`."""
+        constant after `decay_steps` (unless `--reset-optimizers` restarts it)."""
         return self
 
     def needs(self, phase: Phase) -> Needs:
