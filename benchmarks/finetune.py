@@ -49,8 +49,8 @@ RUNS = Path("runs") / "bench_finetune"
 def flag_spec(dataset: str, args: argparse.Namespace) -> dict:
     """The sweep the flags describe on one dataset. Relative to each agent's recipe for it:
     `--hidden` for every network; `--start-steps` caps the online steps before updates of the
-    agents that wait (RLPD, QC); IQL's and IDQL's actor learning rates decay over the offline
-    budget (IDQL's reference decays over its whole run), and
+    agents that wait (RLPD, QC); IQL's actor learning rate stays constant (the reference's
+    fine-tuning config), IDQL's decays over the offline budget (its actor is frozen online), and
     IQL's fine-tuning appends online transitions to the buffer holding the dataset, uniform
     over the union (ikostrikov/implicit_q_learning `train_finetune.py`), not the preset's fixed
     `offline_ratio` stand-in."""
@@ -64,7 +64,9 @@ def flag_spec(dataset: str, args: argparse.Namespace) -> dict:
                 fields[field] = hidden
         if recipe.start_steps > 0:
             fields["start_steps"] = min(recipe.start_steps, args.start_steps)
-        if algo in ("iql", "idql") and recipe.decay_steps is not None:
+        if algo == "iql":  # ikostrikov's fine-tuning config: no actor lr decay
+            fields["decay_steps"] = None
+        elif algo == "idql" and recipe.decay_steps is not None:
             fields["decay_steps"] = args.offline_steps
         agent[algo] = fields
     per_algo = {"rlpd": {"offline_steps": 0}, "iql": {"data_mix": "proportional"}}

@@ -204,7 +204,8 @@ class Sweep:
             raise ValueError(
                 f"[train] has unknown or fixed fields {sorted(bad)}; allowed: {sorted(names)}"
             )
-        agent_fields = {f.name for f in dataclasses.fields(get_agent(algo).default_config)}
+        fields = {f.name: f for f in dataclasses.fields(get_agent(algo).default_config)}
+        agent_fields = set(fields)
         agent = self.agent | self.agent_by_algo.get(algo, {})
         bad = set(agent) - agent_fields
         if bad:
@@ -213,7 +214,7 @@ class Sweep:
                 "for the algorithm they belong to"
             )
         train = {k: Path(v) if k == "dataset" else v for k, v in train.items()}
-        agent = {k: tuple(v) if isinstance(v, list) else v for k, v in agent.items()}
+        agent = {k: _agent_value(fields[k], v) for k, v in agent.items()}
         return tuple(sorted(train.items())), tuple(agent.items())
 
     def units(self, skip_finished: bool = True) -> list[Unit]:
@@ -235,6 +236,14 @@ class Sweep:
     def run_dirs(self) -> list[Path]:
         """Every run directory of the sweep, finished or not."""
         return [c.out for c in self.configs()]
+
+
+def _agent_value(field: dataclasses.Field, value: Any) -> Any:
+    """A sweep file's value as the agent field takes it: lists as tuples, and "None" (TOML has
+    no null; the CLI's spelling) as None where the field admits it."""
+    if value == "None" and "None" in str(field.type):
+        return None
+    return tuple(value) if isinstance(value, list) else value
 
 
 def script_sweeps(

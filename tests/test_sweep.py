@@ -63,18 +63,25 @@ def test_run_names_and_settings_per_algorithm(tmp_path):
         tmp_path,
         algos=("td3bc", "iql"),
         top=['run_name = "{task}-{algo}{overrides}-{offline_steps}-s{seed}"'],
-        agent=["[agent.iql]", "expectile = 0.9", "[train.iql]", "offline_steps = 10"],
+        agent=[
+            "[agent.iql]",
+            "expectile = 0.9",
+            'decay_steps = "None"',  # TOML has no null: the CLI's spelling
+            "[train.iql]",
+            "offline_steps = 10",
+        ],
     )
     spec = Sweep.load(path)
     names = [d.name for d in spec.run_dirs()]
     assert names == [
         "hopper-td3bc-hidden_dims=8x8-batch_size=8-20-s0",
         "hopper-td3bc-hidden_dims=8x8-batch_size=8-20-s1",
-        "hopper-iql-hidden_dims=8x8-batch_size=8-expectile=0.9-10-s0",
-        "hopper-iql-hidden_dims=8x8-batch_size=8-expectile=0.9-10-s1",
+        "hopper-iql-hidden_dims=8x8-batch_size=8-expectile=0.9-decay_steps=None-10-s0",
+        "hopper-iql-hidden_dims=8x8-batch_size=8-expectile=0.9-decay_steps=None-10-s1",
     ]
     iql = [c for u in spec.units() if u.algo == "iql" for c in u.configs()]
     assert [(c.offline_steps, c.agent.expectile) for c in iql] == [(10, 0.9), (10, 0.9)]
+    assert [c.agent.decay_steps for c in iql] == [None, None]
 
 
 def test_local_sweep_skips_finished_runs_and_retries(tmp_path, monkeypatch):
