@@ -18,6 +18,7 @@ A sweep file:
     hidden_dims = [64, 64]
     [agent.iql]                         # ...and for one of them
     expectile = 0.8
+    decay_steps = "None"                # None where a field admits it (TOML has no null)
 
 `run_name` (optional) names each run's directory under OUT, a Python format string over the
 run's TrainConfig fields (`{task}`, `{algo}`, `{seed}`, `{offline_steps}`...) and `{overrides}`
