@@ -67,7 +67,8 @@ def measure(run: Path, episodes: int) -> dict:
     discounted = [float(np.polyval(t["rew"][::-1], gamma)) for t in trajectories]
     fqe_config = FQEConfig(discount=gamma)
     policy = agent_policy(agent, task.observation_normalizer)
-    fqe = fitted_q_evaluation(policy, run_dataset(config), fqe_config)
+    inside = task.terminals_inside_recordings
+    fqe = fitted_q_evaluation(policy, run_dataset(config), fqe_config, 0, inside)
     return {
         "run": str(run),
         "algo": config.algo,

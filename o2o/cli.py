@@ -453,7 +453,15 @@ def fqe_command(argv: list[str]) -> dict:
         eval_interval=min(FQEConfig.eval_interval, args.steps),
     )
     policy = agent_policy(agent, task.observation_normalizer, args.seed)
-    result = fitted_q_evaluation(policy, dataset, fqe, args.seed)
+    beyond = fqe.discount**task.max_episode_steps
+    if beyond > 0.01:
+        console.print(
+            f"[yellow]FQE's value is infinite-horizon and episodes end at {task.max_episode_steps}"
+            f" steps: at discount {fqe.discount}, {beyond:.0%} of a constant reward's value lies"
+            " beyond the limit, which a measured return never sees"
+        )
+    inside = task.terminals_inside_recordings
+    result = fitted_q_evaluation(policy, dataset, fqe, args.seed, inside)
     result |= {"phase": phase, "progress": progress, "dataset": dataset.source}
     path = args.run / FQE_FILE
     write_json(path, result)
@@ -499,8 +507,9 @@ def switch_check_command(argv: list[str]) -> dict:
                 min_steps=min(FQEConfig.min_steps, args.fqe_steps),
                 eval_interval=min(FQEConfig.eval_interval, args.fqe_steps),
             )
-            fqe_value = fitted_q_evaluation(policy, learning, fqe, args.seed)["value"]
-            q_start = start_state_q(agent, task.observation_normalizer, dataset, policy)
+            inside = task.terminals_inside_recordings
+            fqe_value = fitted_q_evaluation(policy, learning, fqe, args.seed, inside)["value"]
+            q_start = start_state_q(agent, task.observation_normalizer, dataset, policy, inside)
     found = switch_checks(records[-1], q_start, fqe_value, distance)
     level, reason = switch_risk(found)
     table = [

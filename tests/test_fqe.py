@@ -8,7 +8,7 @@ from agent_helpers import trained_run
 
 from o2o.cli import main
 from o2o.data.dataset import Dataset
-from o2o.diagnostics.fqe import FQE_FILE, FQEConfig, fitted_q_evaluation
+from o2o.diagnostics.fqe import FQE_FILE, FQEConfig, fitted_q_evaluation, start_rows
 
 GAMMA = 0.9
 SMALL = FQEConfig(
@@ -60,6 +60,19 @@ def test_fqe_recovers_the_values_of_two_policies_and_the_data():
     assert good["behaviour_value"] == pytest.approx(truncated, rel=0.1)
     assert good["step"] >= SMALL.min_steps and len(good["curve"]) >= SMALL.min_steps // 500
     assert good["holdout_episodes"] == 6
+
+
+def test_start_states_and_an_exact_budget():
+    """Successes inside a recording (OGBench single tasks) start no episode for FQE: its start
+    states are the recordings' first rows. A budget that is no multiple of the measuring
+    interval is run exactly (it ran whole blocks past it)."""
+    data = bandit_chain(episodes=4, length=5)
+    inside = Dataset.from_arrays(data.arrays() | {"terminals": np.arange(20) % 5 == 2})
+    assert start_rows(inside).tolist() == [0, 3, 5, 8, 10, 13, 15, 18]  # splits at successes
+    assert start_rows(inside, terminals_inside_recordings=True).tolist() == [0, 5, 10, 15]
+    budget = dict(steps=700, min_steps=700, eval_interval=500)
+    run = fitted_q_evaluation(constant(0.3), bandit_chain(), FQEConfig(**budget))
+    assert run["steps_run"] == 700 and [p["step"] for p in run["curve"]] == [500, 700]
 
 
 def test_fqe_refuses_what_it_cannot_do():

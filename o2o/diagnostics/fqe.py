@@ -24,11 +24,17 @@ in the environment's units. A policy is given as a function of raw observations:
 folds in the run's normalisation. Stochastic policies (the flows) are evaluated on one action
 per state, drawn once. Deviation from the references, which fit a fixed number of updates: the
 stopping rule above, so that a run stops once its estimate has settled.
+
+Horizon: the TD target bootstraps through time-outs, so the estimate is the infinite-horizon
+discounted value, where a measured return stops at the time limit T. The share beyond it is
+gamma^T: nothing at 0.99 and T = 1000 (4e-5), but half or more at 0.999 and T of a few hundred
+(ReBRAC's maze recipe); `o2o fqe` says so when gamma^T exceeds 1%.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -76,8 +82,13 @@ class FQEConfig:
             raise ValueError(f"min_steps {self.min_steps} exceeds steps {self.steps}")
 
 
-def _first_states(dataset: Dataset) -> np.ndarray:
-    return dataset.observations[[episode.start for episode in dataset.episodes()]]
+def start_rows(dataset: Dataset, terminals_inside_recordings: bool = False) -> np.ndarray:
+    """The rows episodes start at; with `terminals_inside_recordings` (OGBench single tasks,
+    whose successes are terminals inside a recording that goes on) the rows recordings start
+    at, since the state after a success is no reset."""
+    if not terminals_inside_recordings:
+        return np.array([episode.start for episode in dataset.episodes()], int)
+    return np.flatnonzero(np.concatenate([[True], dataset.recording_ends[:-1]]))
 
 
 def _actions(policy: Policy, observations: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -98,11 +109,17 @@ def _tables(dataset: Dataset, policy: Policy, normalizer: ObservationNormalizer)
 
 
 def fitted_q_evaluation(
-    policy: Policy, dataset: Dataset, config: FQEConfig = FQEConfig(), seed: int = 0
+    policy: Policy,
+    dataset: Dataset,
+    config: FQEConfig = FQEConfig(),
+    seed: int = 0,
+    terminals_inside_recordings: bool = False,
 ) -> dict[str, Any]:
     """FQE of `policy` on `dataset` (raw observations, rewards in the environment's units):
     `value` (the estimate), `behaviour_value` (the data's own), the held-out TD error, the
-    step the estimate was kept at, and the curve of both every `eval_interval` updates."""
+    step the estimate was kept at, and the curve of both every `eval_interval` updates (the
+    last block shorter where `steps` is not a multiple). The start states are those of
+    `start_rows` (the task's `terminals_inside_recordings`)."""
     episodes = len(dataset.episodes())
     held_count = max(1, round(config.holdout_fraction * episodes))
     if episodes < 2 or held_count >= episodes:
@@ -112,10 +129,11 @@ def fitted_q_evaluation(
     train, held = dataset.hold_out(held_count)
     normalizer = ObservationNormalizer.fit(train.observations)
     data, held_data = _tables(train, policy, normalizer), _tables(held, policy, normalizer)
-    starts = _first_states(dataset)
+    rows = start_rows(dataset, terminals_inside_recordings)
+    starts = dataset.observations[rows]
     start_obs = jnp.asarray(normalizer(starts))
     start_actions = jnp.asarray(_actions(policy, starts))
-    behaviour = dataset.returns_to_go(config.discount)[[e.start for e in dataset.episodes()]]
+    behaviour = dataset.returns_to_go(config.discount)[rows]
 
     critic = StateActionValue(config.hidden_dims)
     key_init, key = jax.random.split(jax.random.key(seed))
@@ -143,9 +161,9 @@ def fitted_q_evaluation(
         target = optax.incremental_update(params, target, config.tau)
         return (params, target, opt_state), loss
 
-    @jax.jit
-    def block(state, key):
-        state, losses = jax.lax.scan(update, state, jax.random.split(key, config.eval_interval))
+    @functools.partial(jax.jit, static_argnums=2)
+    def block(state, key, length: int):
+        state, losses = jax.lax.scan(update, state, jax.random.split(key, length))
         params, target, _ = state
         value = critic.apply(params, start_obs, start_actions).mean()
         held_td, held_scale = td_errors(params, target, held_data)
@@ -156,8 +174,9 @@ def fitted_q_evaluation(
         task = bar.add_task("fqe", total=config.steps, info="")
         while step < config.steps:
             key, key_block = jax.random.split(key)
-            state, train_td, held_td, value = block(state, key_block)
-            step += config.eval_interval
+            length = min(config.eval_interval, config.steps - step)
+            state, train_td, held_td, value = block(state, key_block, length)
+            step += length
             point = {
                 "step": step,
                 "value": float(value),
@@ -198,7 +217,8 @@ def fitted_q_evaluation(
 
 def agent_policy(agent: Any, normalizer: ObservationNormalizer | None, seed: int = 0) -> Policy:
     """The agent acting deterministically on raw observations (`normalizer`: the run's), with
-    fresh noise per call for the flows; refused for chunked agents (see the module notes)."""
+    fresh noise per call for the flows; refused for chunked agents (QC: its Q and its actions
+    are over chunks, and FQE values one action per state)."""
     if agent.needs("offline").horizon > 1:
         raise ValueError(
             f"{type(agent).__name__} acts in chunks of actions: its Q is over chunks, and FQE "
@@ -215,11 +235,15 @@ def agent_policy(agent: Any, normalizer: ObservationNormalizer | None, seed: int
 
 
 def start_state_q(
-    agent: Any, normalizer: ObservationNormalizer | None, dataset: Dataset, policy: Policy
+    agent: Any,
+    normalizer: ObservationNormalizer | None,
+    dataset: Dataset,
+    policy: Policy,
+    terminals_inside_recordings: bool = False,
 ) -> float:
-    """The agent's own critic's value of `policy` at the dataset's episode start states (its
-    learning units): mean Q(s0, pi(s0)), what FQE estimates independently."""
-    starts = _first_states(dataset)
+    """The agent's own critic's value of `policy` at the dataset's start states (`start_rows`;
+    its learning units): mean Q(s0, pi(s0)), what FQE estimates independently."""
+    starts = dataset.observations[start_rows(dataset, terminals_inside_recordings)]
     obs = starts if normalizer is None else normalizer(starts)
     q = agent.q_values(jnp.asarray(obs), jnp.asarray(_actions(policy, starts)))
     return float(jnp.mean(q))
