@@ -52,6 +52,7 @@ from o2o.train.pipeline import (
     train_together,
     trained_agent,
 )
+from o2o.zoo import expert_note
 
 DEMO_DESCRIPTION = (
     "offline-to-online on the default task and its dataset: CQL and Cal-QL pre-trained then "
@@ -280,6 +281,7 @@ def dataset_command(argv: list[str]) -> None:
             path = save_dataset(dataset, args.out, meta=meta)
         print_dataset_table(rows)
         _print_collection_stats(args.name, args.size, args.seed)
+        _print_expert_note(args.name)
         print(path)
     elif args.action == "info":
         rows = [_info_row(spec, args) for spec in args.datasets]
@@ -288,6 +290,7 @@ def dataset_command(argv: list[str]) -> None:
         for spec in args.datasets:
             if not Path(spec).exists():
                 _print_collection_stats(spec, args.size, args.seed)
+                _print_expert_note(spec)
     elif args.action == "from-run":
         config = load_config(args.run)
         task = get_task(config.task)
@@ -365,6 +368,13 @@ def _print_collection_stats(name: str, size: int | None, seed: int) -> None:
             f"{stats['completions_max']}); action mean {_numbers(stats['action_mean'])}, std "
             f"{_numbers(stats['action_std'])}"
         )
+
+
+def _print_expert_note(name: str) -> None:
+    task, level = parse_task(name)
+    note = expert_note(task.name, level) if level else None
+    if note:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 def _numbers(values: list[float]) -> str:

@@ -25,6 +25,9 @@ from o2o.nets.policies import TanhGaussian, tanh_gaussian_sample
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "assets" / "policies"
 ZOO_LEVELS = ("random", "medium", "expert")  # random: the untrained initial policy, as D4RL
+EXPERT_SCORE = (
+    90.0  # normalised: below it, `expert_note` warns that the level is weaker than D4RL's
+)
 
 
 def save_policy(path: Path, params: Any, meta: dict[str, Any]) -> None:
@@ -118,6 +121,26 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], TanhGaussi
 def zoo_dir() -> Path:
     """The zoo's folder: `$O2O_ZOO_DIR`, else the shipped assets/policies."""
     return Path(os.environ.get("O2O_ZOO_DIR", ZOO_DIR))
+
+
+def expert_note(task: str, level: str) -> str | None:
+    """A warning when the zoo's expert behind `level` (`expert`, `medium-expert`) scores below
+    `EXPERT_SCORE` normalised: D4RL's experts score about 100 by construction (their returns
+    define the scale), so the same level name would mislead. None otherwise."""
+    if level not in ("expert", "medium-expert"):
+        return None
+    path = zoo_policy(task, "expert")
+    if not path.exists():
+        return None
+    meta = _read(path)[1]
+    score = meta.get("rollout_normalized_score")
+    if score is None or score >= EXPERT_SCORE:
+        return None
+    return (
+        f"{task}-{level}: o2o's {task} expert (SAC, {meta.get('env_steps', '?'):,} steps) scores "
+        f"{score:.1f} normalised with sampled actions, while D4RL's experts score about 100; "
+        f"this `expert` is o2o's best snapshot, not D4RL's (assets/policies/policies.md)"
+    )
 
 
 def zoo_policy(task: str, level: str) -> Path:

@@ -14,7 +14,7 @@ from o2o.envs import tasks
 from o2o.envs.tasks import SPARSE_TO_MINUS_ONE, RewardTransform, get_task, parse_task
 from o2o.nets.policies import TanhGaussian
 from o2o.train.pipeline import default_config, replay_transitions, train
-from o2o.zoo import load_policy, save_policy, save_policy_chain
+from o2o.zoo import expert_note, load_policy, save_policy, save_policy_chain
 
 
 def _write_policy(path, obs_dim=11, act_dim=3, bias=0.0, seed=0):
@@ -115,6 +115,24 @@ def test_dataset_make_and_info_cli(zoo, capsys):
     rows = lines[4:]
     assert len(rows) == 2 and all("| 400 |" in row for row in rows)
     assert rows[0].split("|")[2:] == rows[1].split("|")[2:]  # same data, same score
+
+
+def test_weak_zoo_expert_is_named_as_such(zoo, capsys):
+    expert = load_policy(zoo / "zoo" / "hopper-expert.npz")
+    weak = expert.meta | {"env_steps": 230000, "rollout_normalized_score": 44.0}
+    save_policy(zoo / "zoo" / "hopper-expert.npz", expert.params, weak)
+    main(["dataset", "make", "hopper-expert", "--size", "200"])
+    out = " ".join(capsys.readouterr().err.split())  # notes go to the console (stderr)
+    assert "o2o's hopper expert (SAC, 230,000 steps) scores 44.0 normalised" in out
+    assert "not D4RL's" in out
+    main(["dataset", "info", "hopper-medium-expert", "--size", "200"])
+    assert "scores 44.0 normalised" in capsys.readouterr().err
+    main(["dataset", "info", "hopper-medium", "--size", "200"])
+    assert "D4RL's experts" not in capsys.readouterr().err
+    save_policy(
+        zoo / "zoo" / "hopper-expert.npz", expert.params, weak | {"rollout_normalized_score": 95.0}
+    )
+    assert expert_note("hopper", "expert") is None
 
 
 def test_medium_replay_requires_the_shipped_chain(zoo):
