@@ -5,8 +5,9 @@ baseline study's o2o and d3rlpy scores of the same agent and dataset.
         --baseline benchmarks/results/offline_parity.json \\
         benchmarks/results/offline_parity-awac-*.json
 
-The inputs are `offline.py` results (its JSON); a variant is every run group of a file whose
-label is an agent with settings, e.g. `hopper-medium/awac (softmax_weights=True)`, compared
+The inputs are `offline.py` results (its JSON); a variant is every run group of another file
+than the baseline, e.g. `hopper-medium/awac (softmax_weights=True)` (an agent with settings)
+or `hopper-medium/awac` (the agent as the code stood when that file's runs ran), compared
 with the baseline's `hopper-medium/awac`. Differences are IQM differences of the per-run scores
 (`stats.run_score`) with 95% bootstrap intervals; "fallen" counts a variant's evaluations after
 the first below `--fallen` (a policy that cannot stand scores about 1 on hopper).
@@ -60,7 +61,7 @@ def main() -> None:
         for key, runs in groups(path).items():
             dataset, label = key.split("/", 1)
             base_key = f"{dataset}/{label.split(' (')[0]}"
-            if base_key not in baseline or " (" not in label:
+            if base_key not in baseline or path.resolve() == args.baseline.resolve():
                 continue  # not a variant of an agent the baseline holds
             base = baseline[base_key]
             bases += [base_key] if base_key not in bases else []

@@ -49,15 +49,21 @@ def test_variants_against_their_baseline_agent(tmp_path, monkeypatch):
         {
             "hopper-medium/awac (x=1)": {"o2o": [20.0, 25, 3, 4], "d3rlpy": [50.0, 60, 2, 70]},
             "hopper-medium/td3bc (x=1)": {"o2o": [9.0, 9, 9, 9]},  # no baseline: left out
-            "hopper-medium/awac": {"o2o": [1.0, 2, 3, 40]},  # no settings: not a variant
         },
     )
-    argv = ["ablations.py", str(variant), "--baseline", str(baseline), "--name", "out"]
+    rerun = _results(  # no settings: the agent as the code stood when these runs ran
+        tmp_path / "parity-new-code.json", {"hopper-medium/awac": {"o2o": [30.0, 31, 32, 33]}}
+    )
+    argv = ["ablations.py", str(variant), str(rerun), "--baseline", str(baseline), "--name", "out"]
     monkeypatch.setattr(sys, "argv", argv)
     module.main()
 
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
-    assert [row["group"] for row in rows] == ["hopper-medium/awac (x=1)"]
+    assert [(row["file"], row["group"]) for row in rows] == [
+        ("parity-awac-x.json", "hopper-medium/awac (x=1)"),
+        ("parity-new-code.json", "hopper-medium/awac"),
+    ]
+    assert rows[1]["vs_o2o"] == str(stats.iqm_difference([30, 31, 32, 33], [1, 2, 3, 40]))
     assert rows[0]["vs_o2o"] == str(stats.iqm_difference([20, 25, 3, 4], [1, 2, 3, 40]))
     assert rows[0]["vs_d3rlpy"] == str(stats.iqm_difference([20, 25, 3, 4], [50, 60, 2, 70]))
     assert rows[0]["fallen"] == "6 of 12"  # seeds 2 and 3 score 3 and 4 at each of 3 evaluations

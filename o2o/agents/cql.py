@@ -43,7 +43,7 @@ Choices and deviations:
 - Policy head and init: o2o's TanhGaussian (separate mean and log-std heads, Xavier init,
   log-std in [-20, 2]), not the reference's one head at 1/100 scale with a trainable log-std
   multiplier and offset (1 and -1 at the start), nor the orthogonal init of CORL and of Cal-QL's
-  main. The critics' output layer keeps flax's default init, where JaxCQL's is scaled by 1/100.
+  main. The critics' output layer is Xavier-uniform; JaxCQL scales its variance by 1/100.
 - CORL's hopper-medium config sets cql_alpha 10 and normalises states and rewards; o2o follows
   JaxCQL (5, neither).
 - `offline_ratio` 0.5 online, Cal-QL's `mixing_ratio` for CQL and Cal-QL fine-tuning (the

@@ -24,8 +24,6 @@ commands keep these defaults, alpha 10, 3 on the large mazes; it has no locomoti
 commands for those suites, offline and offline-to-online alike.
 
 Choices and deviations:
-- The critic's output layer starts from flax's default initialisation (LeCun normal); the
-  reference's last Dense is Xavier-uniform like its hidden layers.
 - The reference sums the three losses and takes one Adam step on the joint parameters. Each
   loss reaches only its own part (the distillation target and the Q term use the others'
   current parameters without gradient), and Adam is per-parameter, so one Adam per part, as

@@ -25,7 +25,7 @@ class StateValue(nn.Module):
     layer_norm: bool = False
     activation: Activation = "relu"
     norm_first: bool = True  # LayerNorm before the activation (see `MLP`)
-    weight_init: Init = "xavier"  # the hidden layers' (`dense`); the output's: flax's, or PyTorch's
+    weight_init: Init = "xavier"  # every layer's (`dense`): jaxrl's `default_init`, or PyTorch's
 
     @nn.compact
     def __call__(self, *inputs: jax.Array) -> jax.Array:
@@ -37,10 +37,7 @@ class StateValue(nn.Module):
             norm_first=self.norm_first,
             weight_init=self.weight_init,
         )(jnp.concatenate(inputs, axis=-1))
-        out = (
-            nn.Dense(1) if self.weight_init == "xavier" else dense(1, x.shape[-1], self.weight_init)
-        )
-        return out(x)[..., 0]
+        return dense(1, x.shape[-1], self.weight_init)(x)[..., 0]
 
 
 class StateActionValue(StateValue):
