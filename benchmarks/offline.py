@@ -55,7 +55,7 @@ from o2o.envs.tasks import parse_task
 from o2o.logging import read_metrics
 from o2o.report import stats
 from o2o.report.report import curves_figure
-from o2o.report.tables import markdown_table
+from o2o.report.tables import dataset_row, markdown_table
 from o2o.sweep import Unit
 from o2o.train.evaluate import Evaluator
 from o2o.train.pipeline import TrainConfig, hold_out_episodes
@@ -115,16 +115,19 @@ def label(unit: Unit) -> str:
 
 
 def o2o_result(config: TrainConfig) -> dict:
-    """One finished o2o run: its curve (normalised score at every evaluation), final score and
-    training speed."""
+    """One finished o2o run: its curve (normalised score, held-out Q bias and training seconds
+    at every evaluation), final score and training speed."""
     summary = json.loads((config.out / "summary.json").read_text())
     records = read_metrics(config.out)
     last = records[-1]  # the last interval: compiled, no evaluation inside
+    curve, seconds, step = [], 0.0, 0
+    for r in records:  # updates only: each interval's steps at its own rate (compilation in)
+        seconds += (r["step"] - step) / r["updates_per_s"] if r["step"] > step else 0.0
+        step = r["step"]
+        point = {"step": step, "score": r["normalized_score"], "return": r["return_mean"]}
+        curve.append(point | {"seconds": seconds, "holdout_q_bias": r.get("holdout_q_bias")})
     return {
-        "curve": [
-            {"step": r["step"], "score": r["normalized_score"], "return": r["return_mean"]}
-            for r in records
-        ],
+        "curve": curve,
         "score": summary["offline_final_score"],
         "return": summary["offline_final_return"],
         "updates_per_s": last["updates_per_s"],
@@ -195,11 +198,14 @@ def finish_peer(path: Path, proc, config: TrainConfig) -> dict:
         task, _ = parse_task(config.task)
         evaluator = Evaluator(task, config.eval_episodes, seed=10_000 + config.seed, gamma=0.99)
         curve = []
-        for step in result.pop("snapshots"):
+        for step, seconds in zip(
+            result.pop("snapshots"), result.pop("snapshot_seconds"), strict=True
+        ):
             ask({"load": step})
             returns, _, _, successes = evaluator.rollouts(policy)
+            score = task.score(returns, successes)
             curve.append(
-                {"step": step, "score": task.score(returns, successes), "return": returns.mean()}
+                {"step": step, "score": score, "return": returns.mean(), "seconds": seconds}
             )
         proc.stdin.write("\n")
         proc.wait()
@@ -273,6 +279,7 @@ def main() -> None:
         )
     args.datasets, args.algos, args.seeds = list(sweep.tasks), list(sweep.algos), sweep.seeds
     args.labels = {unit.algo: label(unit) for unit, _ in runs}
+    args.sizes = {config.task: config.dataset_size for _, config in runs}
     args.command, args.title = command, title([config for _, config in runs])
     peers = PEERS | dict(item.split("=", 1) for item in args.peer_algo)
     (RUNS / "peer").mkdir(parents=True, exist_ok=True)
@@ -302,7 +309,8 @@ def title(configs: list[TrainConfig]) -> str:
 
     return (
         f"# Offline benchmark: {values('offline_steps')} updates, seeds {values('seed', ' ')}, "
-        f"{values('dataset_size')}-transition datasets, evaluations every "
+        f"{values('dataset_size').replace('None', 'full-size')}-transition datasets, "
+        "evaluations every "
         f"{values('eval_interval')} updates ({values('eval_episodes')} episodes)"
     )
 
@@ -346,6 +354,8 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     rows, sections, profiles = [], [], {}
     for dataset in args.datasets:
         curves: dict[str, list[dict[int, float]]] = {}
+        biases: dict[str, list[dict[int, float]]] = {}
+        behaviour = data_score(dataset, args.sizes[dataset])
         for algo in args.algos:
             runs = finished_runs(results, dataset, algo, args)
             if runs is None:
@@ -357,8 +367,11 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
                 "algo": name,
                 "o2o": stats.aggregate(o2o),
                 "o2o_ups": f"{np.mean([r['o2o']['updates_per_s'] for r in runs]):.1f}",
+                "o2o_reach": time_to_reach(runs, "o2o", behaviour),
             }
             curves[f"o2o {name}"] = [_curve(r["o2o"]) for r in runs]
+            if bias := [_curve(r["o2o"], "holdout_q_bias") for r in runs if _has_bias(r)]:
+                biases[name] = bias
             profiles.setdefault(f"o2o {name}", []).append(o2o)
             if all("d3rlpy" in r for r in runs):
                 d3rlpy = scores(runs, "d3rlpy")
@@ -366,12 +379,15 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
                     "d3rlpy": stats.aggregate(d3rlpy),
                     "difference": str(stats.iqm_difference(o2o, d3rlpy)),
                     "d3rlpy_ups": f"{np.mean([r['d3rlpy']['updates_per_s'] for r in runs]):.1f}",
+                    "d3rlpy_reach": time_to_reach(runs, "d3rlpy", behaviour),
                 }
                 curves[f"d3rlpy {name}"] = [_curve(r["d3rlpy"]) for r in runs]
                 profiles.setdefault(f"d3rlpy {name}", []).append(d3rlpy)
             rows.append(row)
         if curves:
-            sections.append(_curves_section(dataset, curves, stem))
+            sections.append(_curves_section(dataset, curves, stem, behaviour))
+        if biases:
+            sections.append(_bias_section(dataset, biases, stem))
     columns = {
         "dataset": "dataset",
         "algo": "o2o algo",
@@ -380,13 +396,20 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "difference": "o2o − d3rlpy (IQM, 95% CI)",
         "o2o_ups": "o2o updates/s",
         "d3rlpy_ups": "d3rlpy updates/s",
+        "o2o_reach": "o2o to the data's score",
+        "d3rlpy_reach": "d3rlpy to the data's score",
     }
     command = args.command
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": results}, indent=1)
     )
     title = args.title
-    notes = f"Scores: D4RL-normalised. {stats.note(run_scores=True)} " + (
+    notes = (
+        f'Scores: D4RL-normalised. {stats.note(run_scores=True)} "To the data\'s score": the '
+        "median over seeds of the training time (updates only, one core) until an evaluation "
+        "first scores at least the dataset's own normalised score (its behaviour policy's), "
+        "with how many seeds got there. "
+    ) + (
         "Speeds: updates/s on one core each, the two libraries running side by side (o2o: its "
         "last evaluation interval, after compilation; d3rlpy: its whole run), by the wall "
         "clock, which also ran while the benchmark was paused for other measurements: they "
@@ -422,12 +445,51 @@ def _cpu_hours(results: dict[str, dict]) -> str:
     )
 
 
-def _curve(result: dict) -> dict[int, float]:
-    return {p["step"]: p["score"] for p in result["curve"]}
+def data_score(dataset: str, size: int | None) -> float:
+    """The normalised score of `dataset` itself: its behaviour policy's."""
+    data, _ = make_dataset(dataset, size)
+    return dataset_row(dataset, data, parse_task(dataset)[0])["normalized_score"]
 
 
-def _curves_section(dataset: str, curves: dict[str, list[dict[int, float]]], stem: Path) -> str:
-    """Score against updates for each library and agent on `dataset`: a table and a plot."""
+def time_to_reach(runs: list[dict], library: str, score: float) -> str:
+    """The median over `runs` of `library`'s training time until its first evaluation at or
+    above `score`, and how many runs got there ('-' where the curve has no times)."""
+    times = []
+    for run in runs:
+        curve = run[library]["curve"]
+        if any("seconds" not in p for p in curve):
+            return "-"
+        times += [next((p["seconds"] for p in curve if p["score"] >= score), None)]
+    reached = [t for t in times if t is not None]
+    when = f"{np.median(reached) / 3600:.2f} h, " if reached else ""
+    return f"{when}{len(reached)}/{len(times)} seeds"
+
+
+def _has_bias(run: dict) -> bool:
+    return all(p.get("holdout_q_bias") is not None for p in run["o2o"]["curve"])
+
+
+def _curve(result: dict, key: str = "score") -> dict[int, float]:
+    return {p["step"]: p[key] for p in result["curve"]}
+
+
+def _bias_section(dataset: str, biases: dict[str, list[dict[int, float]]], stem: Path) -> str:
+    """o2o's held-out Q bias against updates for each agent on `dataset`: a table and a plot."""
+    figure = curves_figure(biases, "held-out Q − MC return", zero_line=True)
+    stem.mkdir(parents=True, exist_ok=True)
+    figure.savefig(stem / f"{dataset}_q_bias.png", dpi=110)
+    plt.close(figure)
+    link = f"{stem.name}/{dataset}_q_bias.png"
+    return (
+        f"\n## {dataset}: Q bias on held-out episodes\n\nMean Q(s, a) of o2o's critics minus "
+        "the discounted Monte-Carlo return that followed, on dataset episodes kept out of "
+        "training (their logged actions), in the environment's reward units.\n\n"
+        f"![Q bias]({link})\n\n{_steps_table(biases)}\n"
+    )
+
+
+def _steps_table(curves: dict[str, list[dict[int, float]]]) -> str:
+    """One row per evaluation step, one column per curve: its value over runs."""
     rows = []
     for step in sorted({s for runs in curves.values() for run in runs for s in run}):
         row: dict[str, Any] = {"step": step}
@@ -436,13 +498,25 @@ def _curves_section(dataset: str, curves: dict[str, list[dict[int, float]]], ste
             if values:
                 row[name] = stats.aggregate(values)
         rows.append(row)
+    return markdown_table(rows, {"step": "updates", **{k: k for k in curves}})
+
+
+def _curves_section(
+    dataset: str, curves: dict[str, list[dict[int, float]]], stem: Path, behaviour: float
+) -> str:
+    """Score against updates for each library and agent on `dataset` (the data's own score
+    as a line): a table and a plot."""
     stem.mkdir(parents=True, exist_ok=True)
     figure = curves_figure(curves, "normalised score")
+    figure.axes[0].axhline(behaviour, color="grey", ls="--", lw=0.8, label="the data")
+    figure.axes[0].legend(fontsize=8)
     figure.savefig(stem / f"{dataset}_curves.png", dpi=110)
     plt.close(figure)
     link = f"{stem.name}/{dataset}_curves.png"
-    table = markdown_table(rows, {"step": "updates", **{k: k for k in curves}})
-    return f"\n## {dataset}: score along training\n\n![curves]({link})\n\n{table}\n"
+    return (
+        f"\n## {dataset}: score along training\n\nThe data's own score: {behaviour:.1f}.\n\n"
+        f"![curves]({link})\n\n{_steps_table(curves)}\n"
+    )
 
 
 def _profile_section(profiles: dict[str, list[list[float]]], args, stem: Path) -> str:

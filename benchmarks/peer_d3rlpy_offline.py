@@ -137,18 +137,20 @@ def main() -> None:
         for _ in range(args.warmup):
             algo.update(dataset.sample_transition_batch(args.batch))
         seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)
+        timeline = {0: 0.0}  # training seconds (updates only) at each snapshot
         if steps:
             os.makedirs(args.snapshots, exist_ok=True)
-            done, seconds = resume(algo, args.snapshots, args.seed)
+            done, seconds, timeline = resume(algo, args.snapshots, args.seed)
             if not done:
-                save(algo, args.snapshots, 0, 0.0)
+                save(algo, args.snapshots, 0, timeline)
         for upto in [s for s in steps if s > done] or [args.steps]:
             start = time.perf_counter()
             for _ in range(upto - done):
                 algo.update(dataset.sample_transition_batch(args.batch))
             seconds, done = seconds + time.perf_counter() - start, upto
+            timeline[upto] = seconds
             if steps:
-                save(algo, args.snapshots, upto, seconds)
+                save(algo, args.snapshots, upto, timeline)
     result = {
         "algo": args.algo,
         "updates": args.steps,
@@ -158,6 +160,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "snapshots": [0, *steps] if steps else [],
+        "snapshot_seconds": [timeline.get(s) for s in [0, *steps]] if steps else [],
     }
     print(json.dumps(result), flush=True)
     for line in sys.stdin:
@@ -204,28 +207,30 @@ def snapshot(folder: str, step: int) -> str:
     return os.path.join(folder, f"step_{step:08d}.d3")
 
 
-PROGRESS = "progress.json"  # the last complete snapshot and the training seconds up to it
+PROGRESS = "progress.json"  # the last complete snapshot, the training seconds at each one
 
 
-def save(algo: d3rlpy.base.LearnableBase, folder: str, step: int, seconds: float) -> None:
+def save(algo: d3rlpy.base.LearnableBase, folder: str, step: int, timeline: dict) -> None:
     """Snapshot the model (networks and optimiser states) after `step` updates, then record
-    it as the point to resume from; both files are replaced whole."""
+    it as the point to resume from, with the training seconds at every snapshot so far
+    (`timeline`); both files are replaced whole."""
     path = snapshot(folder, step)
     algo.save_model(path + ".tmp")
     os.replace(path + ".tmp", path)
     with open(os.path.join(folder, PROGRESS + ".tmp"), "w") as f:
-        json.dump({"step": step, "seconds": seconds}, f)
+        json.dump({"step": step, "seconds": timeline[step], "timeline": timeline}, f)
     os.replace(os.path.join(folder, PROGRESS + ".tmp"), os.path.join(folder, PROGRESS))
 
 
-def resume(algo: d3rlpy.base.LearnableBase, folder: str, seed: int) -> tuple[int, float]:
-    """Continue an interrupted run from its last snapshot: (updates done, seconds so far), or
-    (0, 0.0) when there is none. The model and optimiser states are restored exactly; batch
-    sampling restarts from a seed derived from (seed, step), so a resumed run is a valid run of
-    the same recipe but not the same draws as an uninterrupted one."""
+def resume(algo: d3rlpy.base.LearnableBase, folder: str, seed: int) -> tuple[int, float, dict]:
+    """Continue an interrupted run from its last snapshot: (updates done, seconds so far, the
+    seconds at each snapshot), or (0, 0.0, {0: 0.0}) when there is none. The model and
+    optimiser states are restored exactly; batch sampling restarts from a seed derived from
+    (seed, step), so a resumed run is a valid run of the same recipe but not the same draws as
+    an uninterrupted one."""
     path = os.path.join(folder, PROGRESS)
     if not os.path.exists(path):
-        return 0, 0.0
+        return 0, 0.0, {0: 0.0}
     with open(path) as f:
         progress = json.load(f)
     step = progress["step"]
@@ -233,7 +238,8 @@ def resume(algo: d3rlpy.base.LearnableBase, folder: str, seed: int) -> tuple[int
     algo.set_grad_step(step)
     d3rlpy.seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
     print(f"resumed from {snapshot(folder, step)}", file=sys.stderr)
-    return step, progress["seconds"]
+    timeline = {int(k): v for k, v in progress.get("timeline", {}).items()}
+    return step, progress["seconds"], {0: 0.0} | timeline | {step: progress["seconds"]}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""benchmarks/offline.py: an o2o run's curve (training seconds, held-out Q bias) and the time each
+library took to reach the data's score."""
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("offline_bench", BENCHMARKS / "offline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_o2o_curve_counts_training_seconds_interval_by_interval(offline, tmp_path):
+    records = [
+        {"step": 0, "normalized_score": 1.0, "return_mean": 20.0, "updates_per_s": 0.0},
+        {"step": 100, "normalized_score": 5.0, "return_mean": 90.0, "updates_per_s": 10.0},
+        {"step": 300, "normalized_score": 9.0, "return_mean": 150.0, "updates_per_s": 50.0},
+    ]
+    for i, r in enumerate(records):
+        r |= {"phase": "offline", "holdout_q_bias": float(i), "wall_s": 99.0 * i}
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {"offline_final_score": 9.0, "offline_final_return": 150.0, "offline_wall_s": 5.0}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+
+    curve = offline.o2o_result(SimpleNamespace(out=tmp_path))["curve"]
+    assert [p["seconds"] for p in curve] == [0.0, 10.0, 14.0]  # 100 at 10/s, then 200 at 50/s
+    assert [p["holdout_q_bias"] for p in curve] == [0.0, 1.0, 2.0]
+
+
+def test_time_to_reach_the_data_score(offline):
+    def run(points):
+        return {"o2o": {"curve": [{"score": s, "seconds": t} for s, t in points]}}
+
+    runs = [
+        run([(1, 0), (40, 3600), (20, 7200)]),
+        run([(1, 0), (10, 3600), (35, 7200)]),
+        run([(1, 0), (5, 3600), (6, 7200)]),  # never
+    ]
+    assert offline.time_to_reach(runs, "o2o", 32.0) == "1.50 h, 2/3 seeds"
+    assert offline.time_to_reach(runs[2:], "o2o", 32.0) == "0/1 seeds"
+    old = {"o2o": {"curve": [{"score": 50.0}]}}  # results from before curves had times
+    assert offline.time_to_reach([old], "o2o", 32.0) == "-"
