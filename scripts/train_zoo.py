@@ -2,6 +2,8 @@
 
     python scripts/train_zoo.py train  --tasks hopper walker2d --steps 200000
     python scripts/train_zoo.py select --tasks hopper walker2d
+    python scripts/train_zoo.py train  --tasks hopper --steps 1000000 --recipe sac --seed 1
+    python scripts/train_zoo.py select --tasks hopper --recipe sac --seed 1 --levels expert
 
 `train` runs SAC with `RLPD_2` (`sac`'s defaults when the zoo was made) per task, keeping the
 policy at every evaluation; re-running it resumes. `select` rolls out those snapshots with
@@ -10,6 +12,9 @@ best snapshot), `TASK-medium.npz` (D4RL's medium recipe: early-stopped near one 
 D4RL expert return) and
 `TASK-medium-replay.npz` (the run's snapshots every 10k steps up to the medium one, from which
 `o2o dataset make TASK-medium-replay` re-collects the replay buffer; see o2o/data/generate.py).
+`--levels expert` replaces the expert only, so the medium data and every result measured on it
+stay as they are; `--recipe sac` trains with `sac`'s defaults (textbook SAC, which learns the
+locomotion tasks faster than `RLPD_2`), for experts that approach D4RL's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from o2o.data.generate import replay_path, rollout
 from o2o.envs.tasks import Task, get_task
 from o2o.report.tables import markdown_table
 from o2o.train.pipeline import default_config, train
-from o2o.zoo import load_policy, save_policy, save_policy_chain, zoo_dir, zoo_policy
+from o2o.zoo import (
+    ZOO_LEVELS,
+    load_policy,
+    save_policy,
+    save_policy_chain,
+    zoo_dir,
+    zoo_policy,
+)
 
 RUNS = Path("runs") / "zoo"
 EVAL_INTERVAL = 5000
@@ -31,20 +43,23 @@ EVAL_EPISODES = 5
 ROLLOUT_STEPS, ROLLOUT_ENVS = 10_000, 10  # sampled-action rollouts that rank snapshots
 CHAIN_INTERVAL = 10_000  # snapshot spacing of the medium-replay chain
 POLICY_KEYS = ("task", "env_id", "hidden_dims", "observation_dim", "action_dim", "run_dir")
+RECIPES = ("rlpd2", "sac")  # RLPD_2: the shipped zoo's (`sac`'s former defaults); `sac`'s own
 
 
-def run_dir(task: str, seed: int) -> Path:
-    return RUNS / f"{task}-sac-seed{seed}"
+def run_dir(task: str, seed: int, recipe: str = "rlpd2") -> Path:
+    return RUNS / (
+        f"{task}-sac-seed{seed}" if recipe == "rlpd2" else f"{task}-textbook-sac-seed{seed}"
+    )
 
 
-def train_task(task: str, steps: int, seed: int) -> Path:
+def train_task(task: str, steps: int, seed: int, recipe: str = "rlpd2") -> Path:
     config = default_config(
         "sac",
-        agent=RLPD_2,  # the recipe the shipped zoo was trained with (`sac`'s former defaults)
+        **({"agent": RLPD_2} if recipe == "rlpd2" else {}),
         task=task,
         online_steps=steps,
         seed=seed,
-        out=run_dir(task, seed),
+        out=run_dir(task, seed, recipe),
         eval_interval=EVAL_INTERVAL,
         eval_episodes=EVAL_EPISODES,
         save_policies=True,
@@ -52,10 +67,10 @@ def train_task(task: str, steps: int, seed: int) -> Path:
     return train(config)
 
 
-def _snapshots(task: str, seed: int) -> list[tuple[Path, dict]]:
-    paths = sorted((run_dir(task, seed) / "policies").glob("step_*.npz"))
+def _snapshots(task: str, seed: int, recipe: str) -> list[tuple[Path, dict]]:
+    paths = sorted((run_dir(task, seed, recipe) / "policies").glob("step_*.npz"))
     if not paths:
-        raise SystemExit(f"no snapshots in {run_dir(task, seed)}; run `train` first")
+        raise SystemExit(f"no snapshots in {run_dir(task, seed, recipe)}; run `train` first")
     return [(p, load_policy(p).meta) for p in paths]
 
 
@@ -79,34 +94,42 @@ def sampled_return(task: Task, path: Path, seed: int) -> dict:
     }
 
 
-def select_task(task_name: str, seed: int, candidates: int) -> list[dict]:
-    """Pick the random, medium and expert snapshots; ship them and the medium replay buffer."""
+def select_task(
+    task_name: str, seed: int, candidates: int, recipe: str = "rlpd2", levels=ZOO_LEVELS
+) -> list[dict]:
+    """Pick the `levels`' snapshots (random, medium, expert) and ship them, with the medium
+    replay buffer when medium is among them."""
     task = get_task(task_name)
     if not task.reward_transform.is_identity:
         raise SystemExit(f"{task.name}: the replay export assumes untransformed rewards")
-    snaps = _snapshots(task_name, seed)
-    by_eval = sorted(snaps, key=lambda s: -s[1]["eval_return_mean"])
-    expert = _best(task, [p for p, _ in by_eval[:candidates]], seed, key=lambda r: -r)
-    medium = _best(task, _medium_candidates(task, snaps, candidates), seed, key=_medium_gap(task))
-    chosen = {
-        "random": (snaps[0][0], sampled_return(task, snaps[0][0], seed)),
-        "medium": medium,
-        "expert": expert,
-    }
-    command = f"python scripts/train_zoo.py train --tasks {task_name} --steps N --seed {seed}"
+    snaps = _snapshots(task_name, seed, recipe)
+    chosen = {}
+    if "random" in levels:
+        chosen["random"] = (snaps[0][0], sampled_return(task, snaps[0][0], seed))
+    if "medium" in levels:
+        paths = _medium_candidates(task, snaps, candidates)
+        chosen["medium"] = _best(task, paths, seed, key=_medium_gap(task))
+    if "expert" in levels:
+        by_eval = sorted(snaps, key=lambda s: -s[1]["eval_return_mean"])
+        chosen["expert"] = _best(task, [p for p, _ in by_eval[:candidates]], seed, lambda r: -r)
+    command = f"python scripts/train_zoo.py train --tasks {task_name} --steps N --seed {seed}" + (
+        f" --recipe {recipe}" if recipe != "rlpd2" else ""
+    )
     rows = []
     for level, (path, stats) in chosen.items():
         policy = load_policy(path)
         meta = policy.meta | stats | {"level": level, "trained_by": command}
         save_policy(zoo_policy(task_name, level), policy.params, meta)
         rows.append({"policy": f"{task_name}-{level}"} | meta)
-    medium_steps = load_policy(medium[0]).meta["env_steps"]
+    if "medium" not in chosen:
+        return rows
+    medium_steps = load_policy(chosen["medium"][0]).meta["env_steps"]
     chain = [
         (path, meta)
         for path, meta in snaps
         if meta["env_steps"] <= medium_steps and meta["env_steps"] % CHAIN_INTERVAL == 0
     ]
-    config = json.loads((run_dir(task_name, seed) / "config.json").read_text())
+    config = json.loads((run_dir(task_name, seed, recipe) / "config.json").read_text())
     save_policy_chain(
         replay_path(task_name),
         [load_policy(path).params for path, _ in chain],
@@ -153,13 +176,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", type=int, default=4, help="snapshots rolled out per pick")
+    parser.add_argument("--recipe", choices=RECIPES, default="rlpd2", help="SAC's settings")
+    parser.add_argument(
+        "--levels", nargs="+", choices=ZOO_LEVELS, default=list(ZOO_LEVELS), help="select these"
+    )
     args = parser.parse_args()
     rows: list[dict] = []
     for task in args.tasks:
         if args.command == "train":
-            train_task(task, args.steps, args.seed)
+            train_task(task, args.steps, args.seed, args.recipe)
         else:
-            rows += select_task(task, args.seed, args.candidates)
+            rows += select_task(task, args.seed, args.candidates, args.recipe, args.levels)
     if rows:
         write_table(rows)
 
