@@ -6,9 +6,10 @@ For each finished run: the policy's measured discounted return (the FQE target: 
 environment's resets, which are the dataset's start states, `--episodes` deterministic
 episodes) and its D4RL-normalised score, then `o2o.diagnostics.fqe` on the run's own dataset
 with the defaults of `o2o fqe`. Results are cached per run in benchmarks/results/fqe.json
-(a rerun skips what is done). The table gives each estimate's error and, over the runs, the
-rank correlation of the estimates with the measured values and scores, and the regret of
-picking the checkpoint FQE ranks first.
+(a rerun skips what is done, and re-renders the table from it where the run directories are
+gone). The table gives each estimate's error and, over the runs, the rank correlation of the
+estimates with the measured values and scores (with 95% bootstrap intervals over the
+checkpoints), and the regret of picking the checkpoint FQE ranks first.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from o2o.diagnostics.fqe import FQEConfig, agent_policy, fitted_q_evaluation
 from o2o.diagnostics.switch import DISTANCE, action_distance
@@ -30,19 +33,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_SEED = 50_000  # resets unlike the training evaluations'
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    """Rank correlation (ties get their mean rank)."""
+def spearman(a: list[float], b: list[float]) -> dict[str, float]:
+    """Spearman's rank correlation with its 95% bootstrap interval over the checkpoints
+    (resampled in pairs; few checkpoints make it wide)."""
 
-    def ranks(x):
-        x = np.asarray(x)
-        order = x.argsort()
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for value in np.unique(x):
-            r[x == value] = r[x == value].mean()
-        return r
+    def statistic(x, y):
+        return scipy.stats.spearmanr(x, y).statistic
 
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+    with warnings.catch_warnings():  # resamples of one repeated checkpoint have no ranks
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        ci = scipy.stats.bootstrap(
+            (np.asarray(a), np.asarray(b)),
+            statistic,
+            paired=True,
+            vectorized=False,
+            n_resamples=2000,
+            method="percentile",
+            rng=np.random.default_rng(0),
+        ).confidence_interval
+    return {"value": float(statistic(a, b)), "low": float(ci.low), "high": float(ci.high)}
 
 
 def distance(run: Path) -> float:
@@ -96,7 +106,7 @@ def main() -> None:
     done = {row["run"]: row for row in cache}
     rows = []
     for run in sorted(args.runs):
-        if not (run / "summary.json").exists():
+        if str(run) not in done and not (run / "summary.json").exists():
             print(f"{run}: unfinished, skipped", flush=True)
             continue
         row = done.get(str(run)) or measure(run, args.episodes)
@@ -167,7 +177,8 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         f"Wall time {sum(r['seconds'] for r in rows) / 3600:.2f} hours on the 2-core host "
         "(XLA's default threads), evaluation episodes included.",
         "",
-        f"Over {summary['runs']} checkpoints: rank correlation of FQE with the measured "
+        f"Over {summary['runs']} checkpoints: rank correlation (Spearman, 95% bootstrap "
+        "interval over the checkpoints) of FQE with the measured "
         f"discounted return {_fmt(summary['spearman_fqe_vs_discounted_return'])}, with the "
         f"measured score {_fmt(summary['spearman_fqe_vs_score'])}; mean error "
         f"{summary['mean_error']:+.1f}, mean absolute error {summary['mean_abs_error']:.1f}; "
@@ -197,8 +208,13 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     stem.with_suffix(".md").write_text("\n".join(lines))
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _fmt(value: dict | None) -> str:
+    """A correlation with its interval."""
+    return (
+        "n/a"
+        if value is None
+        else f"{value['value']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
+    )
 
 
 if __name__ == "__main__":
