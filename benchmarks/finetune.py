@@ -33,6 +33,8 @@ os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
 
+from published import published
+
 from o2o import sweep as o2o_sweep
 from o2o.logging import console
 from o2o.report import stats
@@ -227,6 +229,17 @@ def claims_table(summaries: list[dict]) -> str:
     return markdown_table(rows, columns) if rows else ""
 
 
+def published_table(dataset: str, algos: list[str]) -> str:
+    """The published offline → online values of the study's agents on `dataset`, if any."""
+    found = {a: published("finetune", dataset, a) for a in dict.fromkeys(algos)}
+    rows = [{"algo": a, "value": v[0]} for a, v in found.items() if v]
+    if not rows:
+        return ""
+    cited = "; ".join(sorted({v[1] for v in found.values() if v}))
+    table = markdown_table(rows, {"algo": "algo", "value": "offline → online"})
+    return f"\nPublished ({cited}; benchmarks/published/):\n\n{table}\n"
+
+
 def finished_runs(configs: list) -> dict[str, list[Path]]:
     """The finished run directories of `configs` per dataset, seed-major."""
     runs: dict[str, list[Path]] = {}
@@ -250,7 +263,10 @@ def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
         link = report.with_suffix(".md").relative_to(RESULTS)
         claims = claims_table(summaries[dataset])
         claims = f"\nThe claims about the switch, on these runs:\n\n{claims}" if claims else ""
-        sections.append(f"## {dataset} ([report]({link}))\n\n{fine_tuning_table(run_dirs)}{claims}")
+        sections.append(
+            f"## {dataset} ([report]({link}))\n\n{fine_tuning_table(run_dirs)}{claims}"
+            + published_table(dataset, [c.algo for c in configs if c.task == dataset])
+        )
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "runs": summaries}, indent=1)
     )

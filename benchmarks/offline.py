@@ -47,6 +47,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from published import published
 
 from o2o import sweep as o2o_sweep
 from o2o.data.formats import save_native
@@ -351,7 +352,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     libraries per dataset (table and plot) and, over several datasets, performance profiles
     (rewritten after each run, so an interrupted benchmark leaves its finished rows)."""
     stem = RESULTS / f"offline_{args.name}"
-    rows, sections, profiles = [], [], {}
+    rows, sections, profiles, cited = [], [], {}, set()
     for dataset in args.datasets:
         curves: dict[str, list[dict[int, float]]] = {}
         biases: dict[str, list[dict[int, float]]] = {}
@@ -369,6 +370,9 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
                 "o2o_ups": f"{np.mean([r['o2o']['updates_per_s'] for r in runs]):.1f}",
                 "o2o_reach": time_to_reach(runs, "o2o", behaviour),
             }
+            if found := published("offline", dataset, algo):
+                row["published"], _ = found
+                cited.add(found[1])
             curves[f"o2o {name}"] = [_curve(r["o2o"]) for r in runs]
             if bias := [_curve(r["o2o"], "holdout_q_bias") for r in runs if _has_bias(r)]:
                 biases[name] = bias
@@ -398,6 +402,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "d3rlpy_ups": "d3rlpy updates/s",
         "o2o_reach": "o2o to the data's score",
         "d3rlpy_reach": "d3rlpy to the data's score",
+        "published": "published",
     }
     command = args.command
     stem.with_suffix(".json").write_text(
@@ -405,7 +410,8 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     )
     title = args.title
     notes = (
-        f'Scores: D4RL-normalised. {stats.note(run_scores=True)} "To the data\'s score": the '
+        f"Scores: normalised (D4RL's scale; success tasks: success rate x 100). "
+        f'{stats.note(run_scores=True)} "To the data\'s score": the '
         "median over seeds of the training time (updates only, one core) until an evaluation "
         "first scores at least the dataset's own normalised score (its behaviour policy's), "
         "with how many seeds got there. "
@@ -424,6 +430,8 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "units with it, which on this host halves it."
     )
     columns = {k: v for k, v in columns.items() if any(k in r for r in rows)}
+    if cited:
+        notes += f" Published: {'; '.join(sorted(cited))} (benchmarks/published/)."
     overview = overview_table(results, args) if len(args.datasets) > 1 else ""
     if len(args.datasets) > 1 and profiles:
         overview += _profile_section(profiles, args, stem)

@@ -50,3 +50,20 @@ def test_time_to_reach_the_data_score(offline):
     assert offline.time_to_reach(runs[2:], "o2o", 32.0) == "0/1 seeds"
     old = {"o2o": {"curve": [{"score": 50.0}]}}  # results from before curves had times
     assert offline.time_to_reach([old], "o2o", 32.0) == "-"
+
+
+def test_published_numbers_name_real_tasks_and_agents(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from published import _tables, published
+
+    from o2o.agents import AGENTS
+    from o2o.envs.tasks import parse_task
+
+    for table in _tables():
+        for kind in ("offline", "finetune"):
+            for task, values in table.get(kind, {}).items():
+                assert parse_task(task)[1] is not None, task  # a dataset, not a bare task
+                assert set(values) <= set(AGENTS), (task, values)
+    value, source = published("finetune", "scene-play-singletask-task2", "fql")
+    assert value == "82 ± 11 → 100 ± 1" and "FQL paper" in source
+    assert published("offline", "hopper-medium", "iql") is None
