@@ -65,6 +65,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 RUNS = Path("runs") / "bench_offline"
 PEER_PYTHON = ROOT.parent / ".venv-bench" / "bin" / "python"
+IQL_DECAY = 1_000_000  # peer_d3rlpy_offline.py's default IQL actor decay (the reference's run)
 PEERS = {"bc-det": "bc", "td3bc": "td3+bc", "cql": "cql", "iql": "iql", "awac": "awac"}
 
 
@@ -158,6 +159,9 @@ def start_peer(config: TrainConfig, peer: str):
     along the way."""
     every = config.eval_interval
     stem = f"{config.task}-{peer}-{config.offline_steps}-every{every}-seed{config.seed}"
+    decay = getattr(config.agent, "decay_steps", IQL_DECAY) if peer == "iql" else IQL_DECAY
+    if decay != IQL_DECAY:  # o2o's IQL decays its actor's lr over another length: so does d3rlpy's
+        stem += f"-decay{decay or 0}"
     path = RUNS / "peer" / f"{stem}.json"
     if path.exists():
         return path, None
@@ -172,6 +176,7 @@ def start_peer(config: TrainConfig, peer: str):
         f"--seed={config.seed}",
         f"--eval-interval={every}",
         f"--snapshots={RUNS / 'peer' / stem}",
+        f"--decay-steps={decay or 0}",
     ]
     log = open(RUNS / "peer" / f"{path.stem}.log", "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(

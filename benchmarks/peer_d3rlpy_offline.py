@@ -54,9 +54,10 @@ from d3rlpy.algos.utility import build_scalers_with_transition_picker
 from d3rlpy.models.torch.parameters import get_parameter
 
 ALGOS = ("bc", "td3+bc", "cql", "iql", "awac", "awac-no-entropy")
+IQL_DECAY = 1_000_000  # the actor's cosine decay length unless --decay-steps says otherwise
 
 
-def build(algo: str, batch: int) -> d3rlpy.base.LearnableConfig:
+def build(algo: str, batch: int, decay_steps: int = IQL_DECAY) -> d3rlpy.base.LearnableConfig:
     """The d3rlpy config for `algo` (see the module docstring)."""
     enc = d3rlpy.models.VectorEncoderFactory
     standard = d3rlpy.preprocessing.StandardObservationScaler()
@@ -91,7 +92,9 @@ def build(algo: str, batch: int) -> d3rlpy.base.LearnableConfig:
             critic_encoder_factory=enc([256, 256]),
         )
     if algo == "iql":
-        schedule = d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=1_000_000)
+        schedule = (
+            d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=decay_steps) if decay_steps else None
+        )
         return d3rlpy.algos.IQLConfig(
             batch_size=batch,
             actor_learning_rate=3e-4,
@@ -124,6 +127,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch's own")
     parser.add_argument("--eval-interval", type=int, default=0, help="0: no snapshots")
     parser.add_argument("--snapshots", default=None, help="folder for the snapshots")
+    parser.add_argument(
+        "--decay-steps",
+        type=int,
+        default=IQL_DECAY,
+        help="IQL's actor cosine decay length (the reference's: its run's length); 0: none",
+    )
     args = parser.parse_args()
     if args.eval_interval and not args.snapshots:
         raise SystemExit("--eval-interval needs --snapshots DIR")
@@ -133,7 +142,7 @@ def main() -> None:
 
     # d3rlpy's structlog writes its info lines to stdout: keep stdout for the protocol.
     with contextlib.redirect_stdout(sys.stderr):
-        dataset, algo = built(args.algo, args.data, args.batch)
+        dataset, algo = built(args.algo, args.data, args.batch, args.decay_steps)
         for _ in range(args.warmup):
             algo.update(dataset.sample_transition_batch(args.batch))
         seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)
@@ -177,7 +186,9 @@ def main() -> None:
         print(json.dumps(reply), flush=True)
 
 
-def built(algo_name: str, data: str, batch: int) -> tuple[d3rlpy.dataset.MDPDataset, Any]:
+def built(
+    algo_name: str, data: str, batch: int, decay_steps: int = IQL_DECAY
+) -> tuple[d3rlpy.dataset.MDPDataset, Any]:
     """(the transitions in `data` as d3rlpy's dataset, `algo_name`'s algorithm built on them,
     its scalers fitted as `fit` does first)."""
     arrays = np.load(data)
@@ -188,7 +199,7 @@ def built(algo_name: str, data: str, batch: int) -> tuple[d3rlpy.dataset.MDPData
         terminals=arrays["terminals"].astype(np.float32),
         timeouts=arrays["timeouts"].astype(np.float32),
     )
-    algo = build(algo_name, batch).create(device="cpu:0")
+    algo = build(algo_name, batch, decay_steps).create(device="cpu:0")
     build_scalers_with_transition_picker(algo, dataset)
     algo.build_with_dataset(dataset)
     if algo_name == "awac-no-entropy":  # temperature exp(-inf) = 0 in SAC's target
