@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from fqe import spearman
+from fqe import fmt_correlation, spearman
 
 from o2o.cli import switch_check_command
 from o2o.diagnostics.switch import SWITCH_FILE
@@ -109,8 +109,9 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         "below the score at the switch). Fine-tuning runs: benchmarks/finetune.py (their "
         "budget, seeds and networks are in its results file).",
         "",
-        f"Over {len(rows)} runs: rank correlation of the predicted risk with the measured dip "
-        f"{'n/a (one risk level)' if rho is None else f'{rho:.2f}'}; mean dip by predicted "
+        f"Over {len(rows)} runs: rank correlation (Spearman, 95% bootstrap interval over the "
+        "runs) of the predicted risk with the measured dip "
+        f"{'n/a (one risk level)' if rho is None else fmt_correlation(rho)}; mean dip by predicted "
         "risk: " + ", ".join(f"{k} {v:.1f}" for k, v in by_level.items()) + ".",
         "",
         markdown_table(table, columns),

@@ -1,5 +1,5 @@
-"""benchmarks/offline.py: an o2o run's curve (training seconds, held-out Q bias) and the time each
-library took to reach the data's score."""
+"""benchmarks/offline.py (an o2o run's curve with training seconds and held-out Q bias, the time each
+library took to reach the data's score, published numbers) and switch_check.py's table."""
 
 import importlib.util
 import json
@@ -67,3 +67,25 @@ def test_published_numbers_name_real_tasks_and_agents(monkeypatch):
     value, source = published("finetune", "scene-play-singletask-task2", "fql")
     assert value == "82 ± 11 → 100 ± 1" and "FQL paper" in source
     assert published("offline", "hopper-medium", "iql") is None
+
+
+def test_switch_check_table_states_the_correlation_with_its_interval(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("switch_bench", BENCHMARKS / "switch_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    risks = ["low", "low", "medium", "high", "high", "medium"]
+    dips = [0.0, 2.0, 10.0, 40.0, 30.0, 5.0]
+    rows = [
+        {"run": f"r{i}", "algo": "cql", "risk": risk, "raised": "-", "switch_score": 30.0}
+        | {"dip": dip, "final": 50.0}
+        for i, (risk, dip) in enumerate(zip(risks, dips, strict=True))
+    ]
+    module.write(rows, None)
+    summary = json.loads((tmp_path / "switch_check.json").read_text())["summary"]
+    rho = summary["spearman_risk_vs_dip"]
+    assert rho["low"] <= rho["value"] <= rho["high"] and rho["value"] > 0.8
+    assert summary["mean_dip_by_risk"] == {"low": 1.0, "medium": 7.5, "high": 35.0}
+    text = (tmp_path / "switch_check.md").read_text()
+    assert f"with the measured dip {rho['value']:.2f} [" in text
