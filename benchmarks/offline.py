@@ -374,6 +374,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
                 "o2o": stats.aggregate(o2o),
                 "o2o_ups": f"{np.mean([r['o2o']['updates_per_s'] for r in runs]):.1f}",
                 "o2o_reach": time_to_reach(runs, "o2o", behaviour),
+                "o2o_fallen": collapsed(runs, "o2o"),
             }
             if found := published("offline", dataset, algo):
                 row["published"], _ = found
@@ -389,6 +390,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
                     "difference": str(stats.iqm_difference(o2o, d3rlpy)),
                     "d3rlpy_ups": f"{np.mean([r['d3rlpy']['updates_per_s'] for r in runs]):.1f}",
                     "d3rlpy_reach": time_to_reach(runs, "d3rlpy", behaviour),
+                    "d3rlpy_fallen": collapsed(runs, "d3rlpy"),
                 }
                 curves[f"d3rlpy {name}"] = [_curve(r["d3rlpy"]) for r in runs]
                 profiles.setdefault(f"d3rlpy {name}", []).append(d3rlpy)
@@ -407,6 +409,8 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "d3rlpy_ups": "d3rlpy updates/s",
         "o2o_reach": "o2o to the data's score",
         "d3rlpy_reach": "d3rlpy to the data's score",
+        "o2o_fallen": "o2o collapsed",
+        "d3rlpy_fallen": "d3rlpy collapsed",
         "published": "published",
     }
     command = args.command
@@ -419,7 +423,8 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         f'{stats.note(run_scores=True)} "To the data\'s score": the '
         "median over seeds of the training time (updates only, one core) until an evaluation "
         "first scores at least the dataset's own normalised score (its behaviour policy's), "
-        "with how many seeds got there. "
+        'with how many seeds got there. "Collapsed": seeds whose run score ends below half '
+        "their best evaluation. "
     ) + (
         "Speeds: updates/s on one core each, the two libraries running side by side (o2o: its "
         "last evaluation interval, after compilation; d3rlpy: its whole run), by the wall "
@@ -476,6 +481,14 @@ def time_to_reach(runs: list[dict], library: str, score: float) -> str:
     reached = [t for t in times if t is not None]
     when = f"{np.median(reached) / 3600:.2f} h, " if reached else ""
     return f"{when}{len(reached)}/{len(times)} seeds"
+
+
+def collapsed(runs: list[dict], library: str) -> str:
+    """How many of `runs` collapsed in `library`: their run score (`stats.run_score`) below
+    half their best evaluation."""
+    curves = [[p["score"] for p in run[library]["curve"]] for run in runs]
+    fallen = sum(stats.run_score(c) < 0.5 * max(c) for c in curves)
+    return f"{fallen}/{len(curves)}"
 
 
 def _has_bias(run: dict) -> bool:

@@ -1,5 +1,6 @@
-"""benchmarks/offline.py (an o2o run's curve with training seconds and held-out Q bias, the time each
-library took to reach the data's score, published numbers) and switch_check.py's table."""
+"""benchmarks/offline.py (a run's curve with training seconds and held-out Q bias, the time each
+library took to reach the data's score, collapses, published numbers) and switch_check.py's
+table."""
 
 import importlib.util
 import json
@@ -50,6 +51,14 @@ def test_time_to_reach_the_data_score(offline):
     assert offline.time_to_reach(runs[2:], "o2o", 32.0) == "0/1 seeds"
     old = {"o2o": {"curve": [{"score": 50.0}]}}  # results from before curves had times
     assert offline.time_to_reach([old], "o2o", 32.0) == "-"
+
+
+def test_collapse_is_a_run_score_below_half_the_best(offline):
+    def run(scores):
+        return {"o2o": {"curve": [{"score": s} for s in scores]}}
+
+    runs = [run([1, 80, 30, 35, 39]), run([1, 80, 30, 40, 50]), run([1, 2, 3, 2, 1])]
+    assert offline.collapsed(runs, "o2o") == "1/3"  # 34.7 < 40; 40.0 is not; 2 < 1.5 is not
 
 
 def test_published_numbers_name_real_tasks_and_agents(monkeypatch):
