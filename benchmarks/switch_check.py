@@ -27,6 +27,7 @@ from o2o.train.pipeline import load_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = {"low": 0, "medium": 1, "high": 2}
+STANDING = 5.0  # a score at the switch below it is a fallen policy, with no room to dip
 
 
 def main() -> None:
@@ -69,10 +70,17 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         for level in LEVELS
         if any(r["risk"] == level for r in rows)
     }
+    standing = [
+        (lv, r["dip"]) for lv, r in zip(levels, rows, strict=True) if r["switch_score"] >= STANDING
+    ]
     summary = {
         "runs": len(rows),
         "spearman_risk_vs_dip": spearman(levels, dips) if len(set(levels)) > 1 else None,
         "mean_dip_by_risk": by_level,
+        "standing_runs": len(standing),
+        "spearman_risk_vs_dip_standing": (
+            spearman(*zip(*standing, strict=True)) if len({lv for lv, _ in standing}) > 1 else None
+        ),
     }
     command = "python benchmarks/switch_check.py --runs " + " ".join(
         str(Path("runs/bench_finetune") / r["run"]) for r in rows
@@ -112,7 +120,15 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         f"Over {len(rows)} runs: rank correlation (Spearman, 95% bootstrap interval over the "
         "runs) of the predicted risk with the measured dip "
         f"{'n/a (one risk level)' if rho is None else fmt_correlation(rho)}; mean dip by predicted "
-        "risk: " + ", ".join(f"{k} {v:.1f}" for k, v in by_level.items()) + ".",
+        "risk: " + ", ".join(f"{k} {v:.1f}" for k, v in by_level.items()) + ". A policy "
+        f"already fallen at the switch (score below {STANDING:g}) has no room to dip; over the "
+        f"{summary['standing_runs']} runs standing at the switch the rank correlation is "
+        + (
+            "n/a (one risk level)"
+            if summary["spearman_risk_vs_dip_standing"] is None
+            else fmt_correlation(summary["spearman_risk_vs_dip_standing"])
+        )
+        + ".",
         "",
         markdown_table(table, columns),
         "",

@@ -91,10 +91,13 @@ def test_switch_check_table_states_the_correlation_with_its_interval(tmp_path, m
         | {"dip": dip, "final": 50.0}
         for i, (risk, dip) in enumerate(zip(risks, dips, strict=True))
     ]
-    module.write(rows, None)
+    fallen = rows[0] | {"run": "fallen", "risk": "high", "switch_score": 1.0, "dip": 0.5}
+    module.write([*rows, fallen], None)
     summary = json.loads((tmp_path / "switch_check.json").read_text())["summary"]
-    rho = summary["spearman_risk_vs_dip"]
-    assert rho["low"] <= rho["value"] <= rho["high"] and rho["value"] > 0.8
-    assert summary["mean_dip_by_risk"] == {"low": 1.0, "medium": 7.5, "high": 35.0}
+    rho, standing = summary["spearman_risk_vs_dip"], summary["spearman_risk_vs_dip_standing"]
+    assert rho["low"] <= rho["value"] <= rho["high"] and rho["value"] < standing["value"]
+    assert summary["standing_runs"] == 6 and standing["value"] > 0.8  # the fallen run left out
+    assert summary["mean_dip_by_risk"] == {"low": 1.0, "medium": 7.5, "high": 70.5 / 3}
     text = (tmp_path / "switch_check.md").read_text()
     assert f"with the measured dip {rho['value']:.2f} [" in text
+    assert f"the rank correlation is {standing['value']:.2f} [" in text
