@@ -33,6 +33,7 @@ os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
 
+from offline import host_peaks
 from published import published
 
 from o2o import sweep as o2o_sweep
@@ -139,6 +140,7 @@ def main() -> None:
             f"{' '.join(map(str, args.hidden))} --eval-interval {args.eval_interval} "
             f"--eval-episodes {args.eval_episodes} --start-steps {args.start_steps}"
         )
+    peaks = host_peaks(RESULTS / f"finetune_{args.name}.json")
     units = [] if args.finished_only else [u for s in sweeps for u in s.units()]
     units.sort(key=lambda u: min(u.seeds))  # seed-major: an interruption leaves whole rows
     together = args.ray_address is not None or args.workers > 1
@@ -152,9 +154,9 @@ def main() -> None:
         failures = {}
         for unit in units:
             failures |= o2o_sweep.run_local([unit], 1)
-            write_results(sweeps, args.name, command)
+            write_results(sweeps, args.name, command, peaks)
     if together or not units:
-        write_results(sweeps, args.name, command)
+        write_results(sweeps, args.name, command, peaks)
     if failures:
         raise SystemExit(
             f"{len(failures)} unit(s) failed twice: {', '.join(u.label for u in failures)}"
@@ -249,8 +251,9 @@ def finished_runs(configs: list) -> dict[str, list[Path]]:
     return runs
 
 
-def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
-    """The table, summaries and per-dataset reports of the runs finished so far."""
+def write_results(sweeps: list[Sweep], name: str, command: str, peaks: list[float]) -> None:
+    """The table, summaries and per-dataset reports of the runs finished so far; `peaks`: the
+    host's matmul peaks measured at each start of the study (`offline.host_peaks`)."""
     stem = RESULTS / f"finetune_{name}"
     configs = [c for s in sweeps for c in s.configs()]
     runs = finished_runs(configs)
@@ -268,7 +271,7 @@ def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
             + published_table(dataset, [c.algo for c in configs if c.task == dataset])
         )
     stem.with_suffix(".json").write_text(
-        json.dumps({"command": command, "runs": summaries}, indent=1)
+        json.dumps({"command": command, "matmul_gflops": peaks, "runs": summaries}, indent=1)
     )
     seeds = sorted({c.seed for c in configs})
     widths = sorted({"x".join(map(str, c.agent.hidden_dims)) for c in configs})
@@ -278,7 +281,11 @@ def write_results(sweeps: list[Sweep], name: str, command: str) -> None:
         f"{' '.join(map(str, seeds))} (the seeds column: how many finished), networks "
         f"{', '.join(widths)}"
     )
-    text = f"{title}\n\n`{command}`\n\n{stats.note()}\n\n"
+    host = (
+        "Host: one-thread float32 1024x1024 matmul peak "
+        f"{', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s, measured at each start of this study."
+    )
+    text = f"{title}\n\n`{command}`\n\n{stats.note()} {host}\n\n"
     stem.with_suffix(".md").write_text(text + "\n".join(sections))
     console.print(f"wrote {stem}.{{json,md}} and the reports in {stem}/")
 

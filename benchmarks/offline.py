@@ -48,6 +48,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from published import published
+from update_speed import matmul_gflops
 
 from o2o import sweep as o2o_sweep
 from o2o.data.formats import save_native
@@ -287,6 +288,7 @@ def main() -> None:
     args.labels = {unit.algo: label(unit) for unit, _ in runs}
     args.sizes = {config.task: config.dataset_size for _, config in runs}
     args.command, args.title = command, title([config for _, config in runs])
+    args.peaks = host_peaks(RESULTS / f"offline_{args.name}.json")
     peers = PEERS | dict(item.split("=", 1) for item in args.peer_algo)
     (RUNS / "peer").mkdir(parents=True, exist_ok=True)
 
@@ -415,7 +417,7 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     }
     command = args.command
     stem.with_suffix(".json").write_text(
-        json.dumps({"command": command, "runs": results}, indent=1)
+        json.dumps({"command": command, "matmul_gflops": args.peaks, "runs": results}, indent=1)
     )
     title = args.title
     notes = (
@@ -442,6 +444,11 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
     columns = {k: v for k, v in columns.items() if any(k in r for r in rows)}
     if cited:
         notes += f" Published: {'; '.join(sorted(cited))} (benchmarks/published/)."
+    notes += (
+        " Host: one-thread float32 1024x1024 matmul peak "
+        f"{', '.join(f'{p:.0f}' for p in args.peaks)} GFLOP/s, measured at each start of this "
+        "study (the runs' updates/s scale with it; other jobs on the host lower it)."
+    )
     overview = overview_table(results, args) if len(args.datasets) > 1 else ""
     if len(args.datasets) > 1 and profiles:
         overview += _profile_section(profiles, args, stem)
@@ -461,6 +468,13 @@ def _cpu_hours(results: dict[str, dict]) -> str:
         f"Time: {hours['o2o']:.2f} h of o2o runs and {hours['d3rlpy']:.2f} h of d3rlpy runs "
         "(wall clock, one core each, evaluations and any pause included)."
     )
+
+
+def host_peaks(path: Path) -> list[float]:
+    """The matmul peaks recorded at the earlier starts of the study whose results are `path`,
+    and this start's (`update_speed.matmul_gflops`, one thread as the runs)."""
+    earlier = json.loads(path.read_text()).get("matmul_gflops", []) if path.exists() else []
+    return [*earlier, matmul_gflops()]
 
 
 def data_score(dataset: str, size: int | None) -> float:

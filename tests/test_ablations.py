@@ -1,21 +1,9 @@
 """benchmarks/ablations.py: variants matched to their baseline agent, differences as stats."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _ablations(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports offline.py beside it
-    spec = importlib.util.spec_from_file_location("ablations", BENCHMARKS / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _results(path, groups):
@@ -31,9 +19,9 @@ def _results(path, groups):
     return path
 
 
-def test_variants_against_their_baseline_agent(tmp_path, monkeypatch):
+def test_variants_against_their_baseline_agent(tmp_path, monkeypatch, bench_script):
     pytest.importorskip("rliable")
-    module = _ablations(monkeypatch)
+    module = bench_script("ablations")
     from o2o.report import stats
 
     monkeypatch.setattr(module, "RESULTS", tmp_path)
@@ -71,8 +59,8 @@ def test_variants_against_their_baseline_agent(tmp_path, monkeypatch):
     assert "hopper-medium/awac (parity, d3rlpy)" in table and "iql" not in table
 
 
-def test_no_variant_is_an_error(tmp_path, monkeypatch):
-    module = _ablations(monkeypatch)
+def test_no_variant_is_an_error(tmp_path, monkeypatch, bench_script):
+    module = bench_script("ablations")
     baseline = _results(tmp_path / "parity.json", {"hopper-medium/iql": {"o2o": [1.0, 2]}})
     argv = ["ablations.py", str(baseline), "--baseline", str(baseline), "--name", "out"]
     monkeypatch.setattr(sys, "argv", argv)

@@ -2,23 +2,15 @@
 library took to reach the data's score, collapses, published numbers) and switch_check.py's
 table."""
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("offline_bench", BENCHMARKS / "offline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def offline(bench_script):
+    return bench_script("offline")
 
 
 def test_o2o_curve_counts_training_seconds_interval_by_interval(offline, tmp_path):
@@ -61,28 +53,26 @@ def test_collapse_is_a_run_score_below_half_the_best(offline):
     assert offline.collapsed(runs, "o2o") == "1/3"  # 34.7 < 40; 40.0 is not; 2 < 1.5 is not
 
 
-def test_published_numbers_name_real_tasks_and_agents(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from published import _tables, published
+def test_published_numbers_name_real_tasks_and_agents(bench_script):
+    published = bench_script("published")
 
     from o2o.agents import AGENTS
     from o2o.envs.tasks import parse_task
 
-    for table in _tables():
+    for table in published._tables():
         for kind in ("offline", "finetune"):
             for task, values in table.get(kind, {}).items():
                 assert parse_task(task)[1] is not None, task  # a dataset, not a bare task
                 assert set(values) <= set(AGENTS), (task, values)
-    value, source = published("finetune", "scene-play-singletask-task2", "fql")
+    value, source = published.published("finetune", "scene-play-singletask-task2", "fql")
     assert value == "82 ± 11 → 100 ± 1" and "FQL paper" in source
-    assert published("offline", "hopper-medium", "iql") is None
+    assert published.published("offline", "hopper-medium", "iql") is None
 
 
-def test_switch_check_table_states_the_correlation_with_its_interval(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("switch_bench", BENCHMARKS / "switch_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_switch_check_table_states_the_correlation_with_its_interval(
+    tmp_path, monkeypatch, bench_script
+):
+    module = bench_script("switch_check")
     monkeypatch.setattr(module, "RESULTS", tmp_path)
     risks = ["low", "low", "medium", "high", "high", "medium"]
     dips = [0.0, 2.0, 10.0, 40.0, 30.0, 5.0]

@@ -2,8 +2,6 @@
 and regret; the benchmark's verdicts on the claims about the switch."""
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -72,24 +70,16 @@ def test_no_online_phase_gives_nothing():
     assert finetune_metrics(curve([10, 20], [20]), []) == {}
 
 
-@functools.cache
-def _benchmark():
-    """benchmarks/finetune.py as a module (the benchmarks are scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "finetune.py"
-    spec = importlib.util.spec_from_file_location("finetune_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _verdicts(table):
     return {row.split(" | ")[0][2:]: row.split(" | ")[-1][:-2] for row in table.splitlines()[2:]}
 
 
-def test_claims_table_verdicts_on_hand_made_summaries(monkeypatch):
+def test_claims_table_verdicts_on_hand_made_summaries(monkeypatch, bench_script):
     """A claim holds or fails only where the interval over seeds decides it."""
     pytest.importorskip("rliable")
     from o2o.report import stats
+
+    claims_table = bench_script("finetune").claims_table
 
     for name in ("iqm", "iqm_difference"):  # fewer resamples: the verdicts have wide margins
         monkeypatch.setattr(stats, name, functools.partial(getattr(stats, name), reps=400))
@@ -106,7 +96,7 @@ def test_claims_table_verdicts_on_hand_made_summaries(monkeypatch):
         ),
         *runs("rlpd", dip=[0.0] * 3, final_online_score=[30.0, 31.0, 32.0], regret=[0.3] * 3),
     ]
-    verdicts = _verdicts(_benchmark().claims_table(summaries))
+    verdicts = _verdicts(claims_table(summaries))
     assert verdicts == {
         "CQL's Q is below the MC return at the switch (rollouts)": "yes",
         "CQL's Q is below the MC return at the switch (held-out)": "no",
@@ -116,11 +106,11 @@ def test_claims_table_verdicts_on_hand_made_summaries(monkeypatch):
         "RLPD matches or beats CQL and Cal-QL (regret)": "yes",  # lower than both
     }
     spread = [dict(s, dip=d) for s, d in zip(summaries[:3], [0.0, 3.0, 0.2], strict=True)]
-    verdicts = _verdicts(_benchmark().claims_table(spread + summaries[3:]))
+    verdicts = _verdicts(claims_table(spread + summaries[3:]))
     assert verdicts["CQL dips after the switch"] == "unresolved: the interval spans 1"
     flat = [dict(s, dip=0.5) if s["algo"] == "cql" else s for s in summaries]
-    verdicts = _verdicts(_benchmark().claims_table(flat))
+    verdicts = _verdicts(claims_table(flat))
     assert verdicts["CQL dips after the switch"] == "no"
     assert verdicts["Cal-QL dips less than CQL"] == "untestable: CQL does not dip"
-    one_seed = _verdicts(_benchmark().claims_table([summaries[0], summaries[3], summaries[6]]))
+    one_seed = _verdicts(claims_table([summaries[0], summaries[3], summaries[6]]))
     assert set(one_seed.values()) == {"untestable: one seed"}
