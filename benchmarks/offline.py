@@ -135,6 +135,7 @@ def o2o_result(config: TrainConfig) -> dict:
         "return": summary["offline_final_return"],
         "updates_per_s": last["updates_per_s"],
         "seconds": summary["offline_wall_s"],
+        "device": summary.get("device", "cpu"),
         "holdout_q_bias": last.get("holdout_q_bias"),
         "q_bias": last.get("q_bias"),
         "run_dir": str(config.out),
@@ -246,6 +247,12 @@ def main() -> None:
     )
     parser.add_argument("--peer", action="store_true", help="d3rlpy side by side")
     parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: the tables of the runs already finished (e.g. trained with `o2o "
+        "sweep` on a GPU machine and copied back); the others are left out",
+    )
+    parser.add_argument(
         "--peer-algo",
         nargs="+",
         default=[],
@@ -272,6 +279,7 @@ def main() -> None:
         (" --peer" if args.peer else "")
         + (f" --set {' '.join(args.set)}" if args.set and args.spec is None else "")
         + (f" --peer-algo {' '.join(args.peer_algo)}" if args.peer_algo else "")
+        + (" --no-train" if args.no_train else "")
     )
     # One run at a time, algorithm-major (a cut-short benchmark still has whole rows), each
     # beside its d3rlpy run.
@@ -299,6 +307,9 @@ def main() -> None:
         peer = peers[unit.algo] if args.peer and unit.algo in PEERS else None
         path, proc = start_peer(config, peer) if peer else (None, None)
         if not o2o_sweep.finished(config):
+            if args.no_train:
+                print(f"{key}: not finished, left out (--no-train)", flush=True)
+                continue
             o2o_sweep.run_unit(dataclasses.replace(unit, seeds=(config.seed,)))
         results[key] = {"o2o": o2o_result(config)}
         if peer:
@@ -441,6 +452,14 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "measured then; one measured beside d3rlpy (`--peer`) shared the host's floating-point "
         "units with it, which on this host halves it."
     )
+    devices = sorted({r["o2o"]["device"] for r in results.values() if "device" in r["o2o"]})
+    if any(device != "cpu" for device in devices):
+        hours = sum(r["o2o"]["seconds"] for r in results.values()) / 3600
+        notes += (
+            f" Trained on {', '.join(devices)} (`o2o sweep`, several runs sharing the device, "
+            "a row's seeds updated together in one vmapped call): updates/s and times are that "
+            f"device's, shared, and compare with nothing on a CPU; {hours:.2f} h of runs."
+        )
     columns = {k: v for k, v in columns.items() if any(k in r for r in rows)}
     if cited:
         notes += f" Published: {'; '.join(sorted(cited))} (benchmarks/published/)."

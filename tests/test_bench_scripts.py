@@ -91,3 +91,22 @@ def test_switch_check_table_states_the_correlation_with_its_interval(
     text = (tmp_path / "switch_check.md").read_text()
     assert f"with the measured dip {rho['value']:.2f} [" in text
     assert f"the rank correlation is {standing['value']:.2f} [" in text
+
+
+def test_no_train_renders_finished_runs_and_trains_nothing(offline, tmp_path, monkeypatch):
+    spec = tmp_path / "gpu.toml"
+    spec.write_text(
+        f'out = "{tmp_path / "runs"}"\ntasks = ["hopper-medium"]\nalgos = ["bc"]\nseeds = [0]\n'
+        "[train]\noffline_steps = 100\nonline_steps = 0\neval_interval = 50\n"
+    )
+    monkeypatch.setattr(offline, "RESULTS", tmp_path)
+    monkeypatch.setattr(offline, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(offline, "host_peaks", lambda path: [1.0])
+
+    def trained(unit):
+        raise AssertionError(f"--no-train trained {unit.label}")
+
+    monkeypatch.setattr(offline.o2o_sweep, "run_unit", trained)
+    monkeypatch.setattr("sys.argv", ["offline.py", str(spec), "--no-train"])
+    offline.main()  # the run is not finished: left out, nothing trained, no table
+    assert not (tmp_path / "offline_gpu.md").exists()

@@ -19,7 +19,10 @@ task's time limit (timeouts=1), or where a collection stream reaches its quota (
 the next row starts another stream, which the `observations[t+1]` rule detects).
 
 Every dataset is deterministic for (task, level, size, seed) and the policy file, and cached
-as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`).
+as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`). The behaviour
+policy always acts on the CPU: a GPU's matrix products round differently, and a rollout
+amplifies the least difference (hopper-medium drawn with the policy on an H200 shared no
+trajectory with the CPU's), so a file's name would no longer say what it holds.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def rollout(
     streams = [{name: [] for name in FIELDS} for _ in range(num_envs)]
     key = jax.random.key(seed)
     bar, bar_task = collection_progress(f"collecting {source}", size)
-    with bar:
+    with bar, jax.default_device(jax.local_devices(backend="cpu")[0]):
         for t in range(int(quotas.max())):
             actions = np.clip(policy(obs, jax.random.fold_in(key, t), t), -1.0, 1.0)
             for i in np.flatnonzero(quotas > t):

@@ -688,6 +688,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
     """summary.json: per phase, the final and best evaluation, updates and time; with an online
     phase, the fine-tuning metrics (`o2o.diagnostics.finetune`: dip, recovery, regret)."""
     summary: dict[str, Any] = {"algo": config.algo, "task": config.task, "seed": config.seed}
+    summary["device"] = jax.devices()[0].device_kind  # where its times were measured
     for name, progress in phases.items():
         evals = progress.evaluations
         best = max(evals, key=lambda e: np.nan_to_num(e["normalized_score"], nan=-np.inf))
