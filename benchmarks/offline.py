@@ -118,10 +118,13 @@ def label(unit: Unit) -> str:
 
 
 def o2o_result(config: TrainConfig) -> dict:
-    """One finished o2o run: its curve (normalised score, held-out Q bias and training seconds
-    at every evaluation), final score and training speed."""
-    summary = json.loads((config.out / "summary.json").read_text())
+    """One o2o run: its curve (normalised score, held-out Q bias and training seconds at every
+    evaluation), final score, training speed and the devices it trained on; an unfinished one
+    (no summary) up to its last evaluation, marked with the updates it reached."""
     records = read_metrics(config.out)
+    path = config.out / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    devices = list(dict.fromkeys(r["device"] for r in records if "device" in r))
     last = records[-1]  # the last interval: compiled, no evaluation inside
     curve, seconds, step = [], 0.0, 0
     for r in records:  # updates only: each interval's steps at its own rate (compilation in)
@@ -129,17 +132,18 @@ def o2o_result(config: TrainConfig) -> dict:
         step = r["step"]
         point = {"step": step, "score": r["normalized_score"], "return": r["return_mean"]}
         curve.append(point | {"seconds": seconds, "holdout_q_bias": r.get("holdout_q_bias")})
-    return {
+    result = {
         "curve": curve,
-        "score": summary["offline_final_score"],
-        "return": summary["offline_final_return"],
+        "score": summary.get("offline_final_score", last["normalized_score"]),
+        "return": summary.get("offline_final_return", last["return_mean"]),
         "updates_per_s": last["updates_per_s"],
-        "seconds": summary["offline_wall_s"],
-        "device": summary.get("device", "cpu"),
+        "seconds": summary.get("offline_wall_s", last.get("wall_s", 0.0)),
+        "device": " then ".join(devices) or summary.get("device", "cpu"),
         "holdout_q_bias": last.get("holdout_q_bias"),
         "q_bias": last.get("q_bias"),
         "run_dir": str(config.out),
     }
+    return result if summary else result | {"unfinished": last["step"]}
 
 
 def peer_data(dataset: str, size: int | None, holdout_episodes: int) -> Path:
@@ -249,8 +253,8 @@ def main() -> None:
     parser.add_argument(
         "--no-train",
         action="store_true",
-        help="train nothing: the tables of the runs already finished (e.g. trained with `o2o "
-        "sweep` on a GPU machine and copied back); the others are left out",
+        help="train nothing: the tables of the runs already made (e.g. with `o2o sweep` on a "
+        "GPU machine and copied back); unfinished ones up to their last evaluation, marked",
     )
     parser.add_argument(
         "--peer-algo",
@@ -308,7 +312,12 @@ def main() -> None:
         path, proc = start_peer(config, peer) if peer else (None, None)
         if not o2o_sweep.finished(config):
             if args.no_train:
-                print(f"{key}: not finished, left out (--no-train)", flush=True)
+                if len(read_metrics(config.out)) < 2:  # no evaluation after the first
+                    print(f"{key}: not begun, left out (--no-train)", flush=True)
+                    continue
+                results[key] = {"o2o": o2o_result(config)}
+                print(f"{key}: unfinished, at {results[key]['o2o']['unfinished']} updates")
+                write_results(results, args)
                 continue
             o2o_sweep.run_unit(dataclasses.replace(unit, seeds=(config.seed,)))
         results[key] = {"o2o": o2o_result(config)}
@@ -381,9 +390,10 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
                 continue
             name = args.labels[algo]
             o2o = scores(runs, "o2o")
+            reached = sorted({r["o2o"]["unfinished"] for r in runs if "unfinished" in r["o2o"]})
             row = {
                 "dataset": dataset,
-                "algo": name,
+                "algo": name + (f" (unfinished: {'/'.join(map(str, reached))})" if reached else ""),
                 "o2o": stats.aggregate(o2o),
                 "o2o_ups": f"{np.mean([r['o2o']['updates_per_s'] for r in runs]):.1f}",
                 "o2o_reach": time_to_reach(runs, "o2o", behaviour),

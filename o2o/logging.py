@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jax
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from tensorboardX import SummaryWriter
@@ -44,6 +45,12 @@ EPISODES_FILE = "episodes.jsonl"
 
 
 PHASE_ORDER = ("offline", "online")
+
+
+def device_kind() -> str:
+    """What this process computes on ('cpu', 'NVIDIA H200', ...): recorded beside every speed
+    and in the run's summary, since a run may resume on another machine."""
+    return jax.devices()[0].device_kind
 
 
 class RunLogger:

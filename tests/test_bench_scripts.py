@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from o2o.sweep import Sweep
+
 
 @pytest.fixture
 def offline(bench_script):
@@ -93,20 +95,35 @@ def test_switch_check_table_states_the_correlation_with_its_interval(
     assert f"the rank correlation is {standing['value']:.2f} [" in text
 
 
-def test_no_train_renders_finished_runs_and_trains_nothing(offline, tmp_path, monkeypatch):
+def test_no_train_trains_nothing_and_marks_unfinished_runs(offline, tmp_path, monkeypatch):
     spec = tmp_path / "gpu.toml"
     spec.write_text(
-        f'out = "{tmp_path / "runs"}"\ntasks = ["hopper-medium"]\nalgos = ["bc"]\nseeds = [0]\n'
-        "[train]\noffline_steps = 100\nonline_steps = 0\neval_interval = 50\n"
+        f'out = "{tmp_path / "runs"}"\ntasks = ["hopper-medium"]\nalgos = ["bc"]\n'
+        "seeds = [0, 1]\n[train]\noffline_steps = 100\nonline_steps = 0\neval_interval = 50\n"
     )
     monkeypatch.setattr(offline, "RESULTS", tmp_path)
     monkeypatch.setattr(offline, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(offline, "host_peaks", lambda path: [1.0])
+    monkeypatch.setattr(offline, "data_score", lambda dataset, size: 30.0)
 
     def trained(unit):
         raise AssertionError(f"--no-train trained {unit.label}")
 
     monkeypatch.setattr(offline.o2o_sweep, "run_unit", trained)
     monkeypatch.setattr("sys.argv", ["offline.py", str(spec), "--no-train"])
-    offline.main()  # the run is not finished: left out, nothing trained, no table
+    offline.main()  # neither run has begun: nothing trained, no table
     assert not (tmp_path / "offline_gpu.md").exists()
+
+    for seed, device in enumerate(["NVIDIA H200", "cpu"]):  # stopped at 50 of 100 updates
+        records = [
+            {"step": step, "phase": "offline", "normalized_score": score, "return_mean": 1.0}
+            | {"updates_per_s": 10.0, "wall_s": step / 10, "device": device}
+            for step, score in [(0, 1.0), (50, 20.0 + seed)]
+        ]
+        run = Sweep.load(spec).run_dirs()[seed]
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    offline.main()
+    table = (tmp_path / "offline_gpu.md").read_text()
+    assert "| bc (unfinished: 50) |" in table
+    assert "Trained on NVIDIA H200" in table

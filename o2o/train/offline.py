@@ -27,7 +27,7 @@ from o2o.checkpoint import (
 from o2o.data.buffer import ReplayBuffer
 from o2o.data.dataset import Dataset
 from o2o.envs.tasks import Task
-from o2o.logging import RunLogger, console, progress_bar, read_metrics
+from o2o.logging import RunLogger, console, device_kind, progress_bar, read_metrics
 from o2o.train.evaluate import Evaluator, check_finite, q_limit
 from o2o.train.stop import Interrupted, StopRequest
 
@@ -259,6 +259,7 @@ class OfflineLoop:
             record |= self.evaluators[k](agent)
             rate = self.updates_interval / elapsed if self.updates_interval else 0.0
             record["updates_per_s"] = rate  # each seed's; the group's total is len(seeds) x
+            record["device"] = device_kind()
             record["wall_s"] = progress.wall_s
             if len(self.seeds) > 1:
                 record["vmapped_seeds"] = len(self.seeds)

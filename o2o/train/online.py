@@ -51,7 +51,7 @@ from o2o.checkpoint import (
 from o2o.data.buffer import MixedSampler, ReplayBuffer
 from o2o.data.dataset import Dataset, discounted_returns
 from o2o.envs.tasks import Task
-from o2o.logging import RunLogger, console, progress_bar
+from o2o.logging import RunLogger, console, device_kind, progress_bar
 from o2o.train.evaluate import Evaluator, check_finite, q_limit
 from o2o.train.offline import seed_axes, stack, unstack
 from o2o.train.stop import Interrupted, StopRequest
@@ -412,6 +412,7 @@ class OnlineLoop:
         }
         record |= self.evaluator(self.agent)
         record["updates_per_s"] = self.updates_interval / elapsed if self.updates_interval else 0.0
+        record["device"] = device_kind()
         record["wall_s"] = progress.wall_s
         if together > 1:
             record["vmapped_seeds"] = together

@@ -47,7 +47,14 @@ from o2o.envs.tasks import (
     get_task,
     parse_task,
 )
-from o2o.logging import console, read_episodes, read_json, read_metrics, write_json
+from o2o.logging import (
+    console,
+    device_kind,
+    read_episodes,
+    read_json,
+    read_metrics,
+    write_json,
+)
 from o2o.train.offline import OfflineLoop, checkpoint_dir, offline_record, saved_updates
 from o2o.train.online import (
     OnlineLoop,
@@ -688,7 +695,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, phases: dict[str, Any]) -
     """summary.json: per phase, the final and best evaluation, updates and time; with an online
     phase, the fine-tuning metrics (`o2o.diagnostics.finetune`: dip, recovery, regret)."""
     summary: dict[str, Any] = {"algo": config.algo, "task": config.task, "seed": config.seed}
-    summary["device"] = jax.devices()[0].device_kind  # where its times were measured
+    summary["device"] = device_kind()  # where it finished (each record names its own)
     for name, progress in phases.items():
         evals = progress.evaluations
         best = max(evals, key=lambda e: np.nan_to_num(e["normalized_score"], nan=-np.inf))
