@@ -35,7 +35,7 @@ from o2o.diagnostics.switch import checks as switch_checks
 from o2o.diagnostics.switch import risk as switch_risk
 from o2o.envs.tasks import DEFAULT_TASK, TASKS, get_task, parse_task
 from o2o.logging import console, read_metrics, write_json
-from o2o.report.report import render_report
+from o2o.report.report import fine_tuning_table, render_report
 from o2o.report.tables import dataset_row, print_dataset_table, print_table
 from o2o.sweep import sweep as run_sweep
 from o2o.train.offline import checkpoint_dir as offline_checkpoint_dir
@@ -55,8 +55,9 @@ from o2o.train.pipeline import (
 from o2o.zoo import expert_note
 
 DEMO_DESCRIPTION = (
-    "offline-to-online on the default task and its dataset: CQL and Cal-QL pre-trained then "
-    "fine-tuned, RLPD from scratch, and a report (score, Q bias, the dip); prints its path"
+    "the switch from offline to online on the default task's dataset: the pre-trained TD3+BC, "
+    "CQL and Cal-QL runs shipped with o2o fine-tuned, RLPD from scratch, and a report (score, "
+    "Q bias, the dip); prints its path"
 )
 USAGE = f"""usage: o2o COMMAND [FLAGS]
 
@@ -79,12 +80,21 @@ commands:
 `o2o COMMAND --help` lists a command's flags; --debug shows an error's traceback."""
 
 # The demo's budget: minutes on 2 CPU cores. Reference recipes, except narrower networks,
-# fewer steps and RLPD's warm-up (5,000 random steps in the recipe).
+# fewer steps and RLPD's warm-up (5,000 random steps in the recipe). It fine-tunes the offline
+# runs shipped in DEMO_PRETRAINED (their commands and results: its README.md); --pretrain
+# trains them here instead, for DEMO_OFFLINE_STEPS.
+DEMO_PRETRAINED = Path(__file__).resolve().parent.parent / "assets" / "demo" / "hopper-medium"
 DEMO_DATASET_SIZE = 100_000
 DEMO_OFFLINE_STEPS = 1500
-DEMO_ONLINE_STEPS = 1000
+DEMO_ONLINE_STEPS = 2000
 DEMO_HIDDEN = (128, 128)
 DEMO_RLPD_START_STEPS = 500
+DEMO_FOUND = (  # benchmarks/results/finetune_switch.md, the full-size version of this demo
+    "At 256x256, 20k offline updates and 10k online steps, 2 seeds "
+    "(benchmarks/results/finetune_switch.md): TD3+BC unlearned at the switch (89 -> 31, a dip "
+    "of 50 points within 1,000 steps, never recovered); CQL did not dip (17 -> 89); Cal-QL "
+    "had fallen over offline (3) and climbed to 22."
+)
 
 
 def at_least(low: int):
@@ -143,27 +153,38 @@ def train_command(argv: list[str]) -> Path:
 def demo_command(argv: list[str]) -> Path:
     parser = argparse.ArgumentParser(prog="o2o demo", description=DEMO_DESCRIPTION)
     parser.add_argument("--out", type=Path, default=None, help="default: runs/demo-TIMESTAMP")
-    parser.add_argument("--task", default=f"{DEFAULT_TASK}-medium", help="dataset TASK-LEVEL")
-    parser.add_argument("--dataset-size", type=at_least(1), default=DEMO_DATASET_SIZE)
-    parser.add_argument("--offline-steps", type=at_least(0), default=DEMO_OFFLINE_STEPS)
     parser.add_argument("--online-steps", type=at_least(1), default=DEMO_ONLINE_STEPS)
-    parser.add_argument("--hidden", type=at_least(1), nargs="+", default=list(DEMO_HIDDEN))
     parser.add_argument("--rlpd-start-steps", type=at_least(0), default=DEMO_RLPD_START_STEPS)
-    parser.add_argument("--eval-interval", type=at_least(1), default=250)
-    parser.add_argument("--eval-episodes", type=at_least(1), default=5)
-    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument(
+        "--eval-interval",
+        type=at_least(1),
+        default=250,
+        help="evaluations every N online steps (with --pretrain, offline updates too)",
+    )
     parser.add_argument(
         "--pretrained",
         type=Path,
-        default=None,
-        help="fine-tune the offline runs DIR/cql and DIR/calql (made by `o2o train ... "
-        "--online-steps 0`) instead of pre-training: their configuration (task, data, "
-        "networks, evaluations, seed) replaces the flags above but for --online-steps and "
-        "--rlpd-start-steps, and RLPD runs on the same",
+        default=DEMO_PRETRAINED,
+        help="fine-tune the offline runs DIR/ALGO (each made by `o2o train --algo ALGO ... "
+        "--online-steps 0 --out DIR/ALGO`): their configuration (task, data, networks, "
+        "seed) is kept, and RLPD runs on the same data with the smallest of their networks "
+        "(default: the runs shipped with o2o, hopper-medium; their commands and results are "
+        "in its README.md)",
     )
+    pretrain = parser.add_argument_group(
+        "--pretrain: pre-train CQL and Cal-QL here instead (at this budget they score a few "
+        "points at the switch, so no dip can show)"
+    )
+    pretrain.add_argument("--pretrain", action="store_true")
+    pretrain.add_argument("--task", default=f"{DEFAULT_TASK}-medium", help="dataset TASK-LEVEL")
+    pretrain.add_argument("--dataset-size", type=at_least(1), default=DEMO_DATASET_SIZE)
+    pretrain.add_argument("--offline-steps", type=at_least(0), default=DEMO_OFFLINE_STEPS)
+    pretrain.add_argument("--hidden", type=at_least(1), nargs="+", default=list(DEMO_HIDDEN))
+    pretrain.add_argument("--eval-episodes", type=at_least(1), default=5)
+    pretrain.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    if args.pretrained is None:
+    if args.pretrain:
         base = default_config(
             "cql",
             task=args.task,
@@ -174,24 +195,25 @@ def demo_command(argv: list[str]) -> Path:
             eval_episodes=args.eval_episodes,
         )
         hidden, pretrained = tuple(args.hidden), {}
+        plan = {  # algo -> (offline steps, agent overrides)
+            algo: (base.offline_steps, {"hidden_dims": hidden}) for algo in ("cql", "calql")
+        }
+        origin = f"CQL and Cal-QL, {base.offline_steps} offline updates"
     else:
-        pretrained = {algo: _pretrained_run(args.pretrained, algo) for algo in ("cql", "calql")}
-        base = load_config(args.pretrained / "cql")
-        hidden = tuple(base.agent.hidden_dims)
-    plan = {  # algo -> (offline steps, agent overrides)
-        "cql": (base.offline_steps, {"hidden_dims": hidden}),
-        "calql": (base.offline_steps, {"hidden_dims": hidden}),
-        "rlpd": (0, {"hidden_dims": hidden, "start_steps": args.rlpd_start_steps}),
-    }
-    origin = (
-        f"pre-trained for {base.offline_steps} offline updates ({args.pretrained})"
-        if pretrained
-        else f"{base.offline_steps} offline updates"
-    )
+        pretrained = _pretrained_runs(args.pretrained)
+        configs = {algo: load_config(run) for algo, run in pretrained.items()}
+        base = min(configs.values(), key=lambda c: sum(c.agent.hidden_dims))
+        hidden, plan = tuple(base.agent.hidden_dims), {algo: (0, {}) for algo in pretrained}
+        origin = ", ".join(
+            f"{algo} pre-trained for {c.offline_steps} offline updates "
+            f"({'x'.join(map(str, c.agent.hidden_dims))})"
+            for algo, c in configs.items()
+        )
+    plan["rlpd"] = (0, {"hidden_dims": hidden, "start_steps": args.rlpd_start_steps})
     console.print(
-        f"o2o demo on {base.task}: CQL and Cal-QL, {origin} then {args.online_steps} online "
-        f"steps; RLPD, {args.online_steps} online steps with the data mixed in; networks "
-        f"{'x'.join(map(str, hidden))}. Outputs in {out}"
+        f"o2o demo on {base.task}: {origin}, then {args.online_steps} online steps; RLPD "
+        f"({'x'.join(map(str, hidden))}), {args.online_steps} online steps from scratch with "
+        f"the data mixed in. Outputs in {out}"
     )
     run_dirs = []
     for algo, (offline_steps, overrides) in plan.items():
@@ -199,7 +221,9 @@ def demo_command(argv: list[str]) -> Path:
         if algo in pretrained:
             if not (out / algo).exists():  # a demo run again resumes its own copy
                 shutil.copytree(pretrained[algo], out / algo)
-            config = dataclasses.replace(load_config(out / algo), out=out / algo)
+            config = dataclasses.replace(
+                load_config(out / algo), out=out / algo, eval_interval=args.eval_interval
+            )
         else:
             config = default_config(
                 algo,
@@ -207,7 +231,7 @@ def demo_command(argv: list[str]) -> Path:
                 dataset_size=base.dataset_size,
                 offline_steps=offline_steps,
                 seed=base.seed,
-                eval_interval=base.eval_interval,
+                eval_interval=args.eval_interval,
                 eval_episodes=base.eval_episodes,
                 out=out / algo,
             )
@@ -216,24 +240,53 @@ def demo_command(argv: list[str]) -> Path:
             )
         run_dirs.append(train(dataclasses.replace(config, online_steps=args.online_steps)))
     path = render_report(run_dirs, out / "report", title=f"o2o demo: {base.task}")
+    console.print(fine_tuning_table(run_dirs))
+    for run_dir in run_dirs:
+        console.print(_online_story(run_dir))
+    if base.task == f"{DEFAULT_TASK}-medium":
+        console.print(DEMO_FOUND)
     console.print(f"report: {path} (Markdown: {path.with_suffix('.md')})")
     print(path)
     return path
 
 
-def _pretrained_run(root: Path, algo: str) -> Path:
-    """`root/algo`, an offline run the demo can fine-tune, or a ValueError saying why not."""
-    run = root / algo
-    config = load_config(run)  # names the directory if it is not a run
-    if config.algo != algo or config.online_steps != 0 or config.offline_steps == 0:
-        raise ValueError(
-            f"{run}: --pretrained needs an offline {algo} run (--algo {algo} --offline-steps "
-            f"N --online-steps 0); it holds a {config.algo} run of {config.offline_steps} "
-            f"offline and {config.online_steps} online steps"
-        )
-    if find_checkpoint(offline_checkpoint_dir(run)) is None:
-        raise ValueError(f"{run}: no offline checkpoint; train it to the end first")
-    return run
+def _online_story(run_dir: Path) -> str:
+    """One line on what a run's score did online: from the switch to its lowest and its last
+    evaluation (the table's dip looks at the first quarter of the online steps only)."""
+    online = [r for r in read_metrics(run_dir) if r["phase"] == "online"]
+    start, last = online[0], online[-1]
+    low = min(online, key=lambda r: r["normalized_score"])
+    fell = (
+        f"lowest {low['normalized_score']:.1f} after {low['env_steps']:,} online steps"
+        if low["normalized_score"] < start["normalized_score"]
+        else "never below it"
+    )
+    return (
+        f"{load_config(run_dir).algo}: {start['normalized_score']:.1f} at the switch, {fell}, "
+        f"{last['normalized_score']:.1f} after {last['env_steps']:,}"
+    )
+
+
+def _pretrained_runs(root: Path) -> dict[str, Path]:
+    """The offline runs `root/ALGO` the demo can fine-tune, by algorithm, or a ValueError
+    saying why one cannot be."""
+    if not root.is_dir():
+        raise ValueError(f"--pretrained {root}: no such folder")
+    runs = {}
+    for run in sorted(p for p in root.iterdir() if p.is_dir()):
+        config = load_config(run)  # names the directory if it is not a run
+        if config.algo != run.name or config.online_steps != 0 or config.offline_steps == 0:
+            raise ValueError(
+                f"{run}: --pretrained needs offline runs DIR/ALGO (--algo ALGO --offline-steps "
+                f"N --online-steps 0); it holds a {config.algo} run of {config.offline_steps} "
+                f"offline and {config.online_steps} online steps"
+            )
+        if find_checkpoint(offline_checkpoint_dir(run)) is None:
+            raise ValueError(f"{run}: no offline checkpoint; train it to the end first")
+        runs[config.algo] = run
+    if not runs:
+        raise ValueError(f"--pretrained {root}: no offline runs in it (DIR/ALGO)")
+    return runs
 
 
 def dataset_command(argv: list[str]) -> None:

@@ -17,6 +17,7 @@ from agent_helpers import hopper_dataset, random_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from o2o import cli
 from o2o.agents.base import switch_parts, trained_parts
 from o2o.agents.sac import SAC, SACConfig
 from o2o.cli import main
@@ -173,7 +174,7 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     flags = "--dataset-size 3000 --offline-steps 20 --online-steps 30 --eval-interval 10"
     tiny = "--hidden 8 8 --rlpd-start-steps 25 --eval-episodes 2"
-    main(["demo", *flags.split(), *tiny.split(), "--out", str(out)])
+    main(["demo", "--pretrain", *flags.split(), *tiny.split(), "--out", str(out)])
     assert str(out / "report" / "report.html") in capsys.readouterr().out
     for algo in ("cql", "calql"):
         assert summary(out / algo)["offline_updates"] == 20 and "dip" in summary(out / algo)
@@ -552,6 +553,19 @@ def test_a_flow_run_from_before_gelu_is_not_resumed_as_gelu(tmp_path):
     check_resumable(tmp_path, relu)
 
 
+def test_an_offline_run_extended_online_may_evaluate_at_another_interval(tmp_path):
+    """Offline updates and online environment steps are counted on different scales, so the
+    evaluation interval may change when a run resumes; the training's own settings may not."""
+    from o2o.train.pipeline import _config_json, check_resumable, default_config
+
+    config = default_config("td3bc", task="hopper-medium", offline_steps=100, online_steps=0)
+    (tmp_path / "config.json").write_text(json.dumps(_config_json(config)))
+    check_resumable(tmp_path, dataclasses.replace(config, online_steps=500, eval_interval=50))
+    wider = dataclasses.replace(config.agent, batch_size=512)
+    with pytest.raises(ValueError, match="batch_size"):
+        check_resumable(tmp_path, dataclasses.replace(config, agent=wider, eval_interval=50))
+
+
 def agent_arrays(run_dir, phase: str) -> list[np.ndarray]:
     """The arrays of a run's agent as its `phase` checkpoint holds it (RNG keys as data)."""
     agent, _, _ = trained_agent(run_dir, phase)
@@ -833,15 +847,15 @@ def test_report_counts_a_diverged_run_and_names_a_broken_file(tmp_path, capsys):
 
 
 def test_demo_fine_tunes_pretrained_offline_runs(tmp_path, capsys, monkeypatch):
-    """`--pretrained DIR`: the offline runs DIR/cql and DIR/calql are copied and fine-tuned
-    (their offline phase is not rerun, their settings kept), RLPD runs on the same data."""
+    """`--pretrained DIR`: the offline runs DIR/ALGO are copied and fine-tuned (their offline
+    phase is not rerun, their settings kept), RLPD runs on the same data."""
     monkeypatch.setenv("O2O_DATA_DIR", str(tmp_path / "data"))
     shipped = tmp_path / "shipped"
     common = (
         "--task hopper-medium --dataset-size 3000 --offline-steps 20 --online-steps 0 "
         "--eval-interval 10 --eval-episodes 2 --agent.hidden-dims 8 8"
     )
-    for algo in ("cql", "calql"):
+    for algo in ("td3bc", "cql"):
         main(["train", "--algo", algo, *common.split(), "--out", str(shipped / algo)])
     with pytest.raises(SystemExit):  # not an offline cql run: said, nothing trained
         main(["demo", "--pretrained", str(shipped / "cql"), "--out", str(tmp_path / "bad")])
@@ -849,8 +863,10 @@ def test_demo_fine_tunes_pretrained_offline_runs(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     flags = f"--pretrained {shipped} --online-steps 30 --rlpd-start-steps 25 --out {out}"
     main(["demo", *flags.split()])
-    assert str(out / "report" / "report.html") in capsys.readouterr().out
-    for algo in ("cql", "calql"):
+    said = capsys.readouterr()
+    assert str(out / "report" / "report.html") in said.out
+    assert "td3bc: " in said.out + said.err and "at the switch" in said.out + said.err
+    for algo in ("td3bc", "cql"):
         done = summary(out / algo)
         assert done["offline_updates"] == 20 and done["env_steps"] == 30 and "dip" in done
         offline = [r for r in read_metrics(out / algo) if r["phase"] == "offline"]
@@ -859,3 +875,22 @@ def test_demo_fine_tunes_pretrained_offline_runs(tmp_path, capsys, monkeypatch):
     rlpd = json.loads((out / "rlpd" / "config.json").read_text())
     assert (rlpd["agent"]["hidden_dims"], rlpd["dataset_size"]) == ([8, 8], 3000)
     assert summary(out / "rlpd")["updates"] == (30 - 25) * 20
+    (shipped / "bc").mkdir()  # not a run: named, nothing trained
+    with pytest.raises(SystemExit):
+        main(["demo", "--pretrained", str(shipped), "--out", str(tmp_path / "bad2")])
+    assert f"{shipped / 'bc'}" in capsys.readouterr().err
+
+
+def test_the_shipped_demo_runs_are_offline_runs_to_fine_tune():
+    """`make demo` fine-tunes assets/demo/hopper-medium: each an offline run at the end of its
+    offline phase, of the agent its folder names, on the demo's data."""
+    runs = cli._pretrained_runs(cli.DEMO_PRETRAINED)
+    assert sorted(runs) == ["calql", "cql", "td3bc"]
+    for run in runs.values():
+        config = load_config(run)
+        assert (config.task, config.dataset_size, config.online_steps) == (
+            "hopper-medium",
+            cli.DEMO_DATASET_SIZE,
+            0,
+        )
+        assert summary(run)["offline_updates"] == config.offline_steps
