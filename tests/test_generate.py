@@ -58,11 +58,14 @@ def test_damaged_policy_file_is_reported(tmp_path):
         load_policy(tmp_path / "missing.npz")
 
 
-def test_rollout_is_deterministic_and_well_formed(zoo):
+def test_rollout_is_deterministic_and_well_formed(zoo, capsys):
     policy = load_policy(zoo / "zoo" / "hopper-medium.npz")
     task = get_task("hopper")
     act = lambda obs, key, t: policy.act(obs, key)  # noqa: E731
     a = rollout(task, act, 600, seed=3, source="a", num_envs=4)
+    said = capsys.readouterr()  # not a terminal: the progress in lines, as a log file sees it
+    assert "collecting a: 60/600 transitions" in said.out + said.err
+    assert "collecting a: 600/600 transitions" in said.out + said.err
     b = rollout(task, act, 600, seed=3, source="b", num_envs=4)
     c = rollout(task, act, 600, seed=4, source="c", num_envs=4)
     assert len(a) == 600

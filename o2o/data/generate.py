@@ -110,6 +110,9 @@ def rollout(
                 stream["timeouts"].append(truncated and not terminated)
                 obs[i] = envs[i].reset()[0] if terminated or truncated else next_obs
             bar.advance(bar_task, int((quotas > t).sum()))
+            if not console.is_terminal and (t + 1) % max(1, int(quotas.max()) // 10) == 0:
+                done = int(np.minimum(quotas, t + 1).sum())  # a log file still sees progress
+                console.print(f"collecting {source}: {done:,}/{size:,} transitions")
     for env in envs:
         env.close()
     arrays = {
