@@ -357,17 +357,20 @@ def scores(runs: list[dict], library: str) -> list[float]:
 
 
 def overview_table(results: dict[str, dict], args: argparse.Namespace) -> str:
-    """o2o's IQM score per agent (rows) and dataset (columns), '-' until a cell's seeds have
-    all finished, and the IQM over every run of a complete row (datasets pooled)."""
+    """o2o's IQM score per agent (rows) and dataset (columns), '-' until a cell's seeds all
+    have results, '(unfinished)' beside one with a run stopped short (`--no-train`), and the
+    IQM over every run of a row whose cells are all complete and finished (datasets pooled)."""
     rows = []
     for algo in args.algos:
         row: dict[str, Any] = {"algo": args.labels[algo]}
-        cells = {}
+        cells, short = {}, False
         for dataset in args.datasets:
             if runs := finished_runs(results, dataset, algo, args):
                 cells[dataset] = scores(runs, "o2o")
                 row[dataset] = stats.aggregate(cells[dataset])
-        if len(cells) == len(args.datasets):
+                if any("unfinished" in r["o2o"] for r in runs):
+                    row[dataset], short = f"{row[dataset]} (unfinished)", True
+        if len(cells) == len(args.datasets) and not short:
             row["all"] = stats.aggregate(np.concatenate(list(cells.values())))
         rows.append(row)
     columns = {"algo": "o2o algo", **{d: d for d in args.datasets}, "all": "all datasets"}
@@ -457,11 +460,16 @@ def write_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         "benchmarks/peer_d3rlpy_offline.py; its policy is scored by o2o's evaluator on the "
         "same environments and reset seeds, at the same steps."
         if args.peer
-        else "Speeds: o2o's updates/s on one core over its last evaluation interval (compiled, "
-        "evaluation excluded). A run reused from an earlier benchmark's cache keeps the speed "
-        "measured then; one measured beside d3rlpy (`--peer`) shared the host's floating-point "
-        "units with it, which on this host halves it."
+        else "Speeds: o2o's updates/s over its last evaluation interval (compiled, evaluation "
+        "excluded), on one core unless said below. A run reused from an earlier benchmark's "
+        "cache keeps the speed measured then; one measured beside d3rlpy (`--peer`) shared the "
+        "host's floating-point units with it, which on this host halves it."
     )
+    if any("unfinished" in r["o2o"] for r in results.values()):
+        notes += (
+            ' "Unfinished: N": a run stopped at N updates (`--no-train` shows it as it stands; '
+            "its score is that of its last three evaluations)."
+        )
     devices = sorted({r["o2o"]["device"] for r in results.values() if "device" in r["o2o"]})
     if any(device != "cpu" for device in devices):
         hours = sum(r["o2o"]["seconds"] for r in results.values()) / 3600
