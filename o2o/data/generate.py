@@ -21,8 +21,9 @@ the next row starts another stream, which the `observations[t+1]` rule detects).
 Every dataset is deterministic for (task, level, size, seed) and the policy file, and cached
 as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`). The behaviour
 policy always acts on the CPU: a GPU's matrix products round differently, and a rollout
-amplifies the least difference (hopper-medium drawn with the policy on an H200 shared no
-trajectory with the CPU's), so a file's name would no longer say what it holds.
+amplifies the least difference (hopper-medium drawn on an H200, policy on the GPU and JAX 0.11,
+differed from the file drawn here with JAX 0.10), so a file's name would no longer say what it
+holds. Other JAX versions may round differently too; the name does not record the version.
 """
 
 from __future__ import annotations
