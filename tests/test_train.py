@@ -554,13 +554,17 @@ def test_a_flow_run_from_before_gelu_is_not_resumed_as_gelu(tmp_path):
 
 
 def test_an_offline_run_extended_online_may_evaluate_at_another_interval(tmp_path):
-    """Offline updates and online environment steps are counted on different scales, so the
-    evaluation interval may change when a run resumes; the training's own settings may not."""
+    """Offline updates and online environment steps are counted on different scales, so an
+    offline run extended online may evaluate at another interval; otherwise a changed
+    interval (a table's 'last three evaluations' would mean another span) or any training
+    setting is refused."""
     from o2o.train.pipeline import _config_json, check_resumable, default_config
 
     config = default_config("td3bc", task="hopper-medium", offline_steps=100, online_steps=0)
     (tmp_path / "config.json").write_text(json.dumps(_config_json(config)))
     check_resumable(tmp_path, dataclasses.replace(config, online_steps=500, eval_interval=50))
+    with pytest.raises(ValueError, match="eval_interval"):
+        check_resumable(tmp_path, dataclasses.replace(config, eval_interval=50))
     wider = dataclasses.replace(config.agent, batch_size=512)
     with pytest.raises(ValueError, match="batch_size"):
         check_resumable(tmp_path, dataclasses.replace(config, agent=wider, eval_interval=50))

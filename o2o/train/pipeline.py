@@ -245,17 +245,20 @@ def run_dataset(config: TrainConfig, spaces=None) -> Dataset | None:
 
 
 def check_resumable(run_dir: Path, config: TrainConfig) -> None:
-    """A run directory is reused only by the same configuration (online_steps may grow, and
-    eval_interval change: an offline run extended online counts environment steps, not
-    updates): raises ValueError naming the fields that differ. The saved run's `offline_ratio`
-    is not compared when that run never mixed batches with it (no online steps, or --data-mix
-    proportional), so an offline run can be extended online with a ratio of its own. The
-    preset's name is not compared (runs from before it existed lack it); its fields are."""
+    """A run directory is reused only by the same configuration (online_steps may grow):
+    raises ValueError naming the fields that differ. An offline run (no online steps) extended
+    online may change eval_interval, since its online phase counts environment steps, not
+    updates (`o2o demo --pretrained`). The saved run's `offline_ratio` is not compared when
+    that run never mixed batches with it (no online steps, or --data-mix proportional), so an
+    offline run can be extended online with a ratio of its own. The preset's name is not
+    compared (runs from before it existed lack it); its fields are."""
     saved = read_json(run_dir / "config.json")
-    ignored = ("online_steps", "eval_interval", "out", "preset")  # preset: a label
+    ignored = ("online_steps", "out", "preset")  # preset: a label; the agent's fields count
     current = {k: v for k, v in _config_json(config).items() if k not in ignored}
     if saved.get("online_steps") == 0 or saved.get("data_mix") == "proportional":
         current["agent"].pop("offline_ratio", None)
+    if saved.get("online_steps") == 0 and config.online_steps > 0:
+        current.pop("eval_interval")
     defaults = _config_json(default_config(config.algo))
     defaults["agent"] |= VALUES_BEFORE_FIELD.get(config.algo, {})
     diff = _differences(saved, current, defaults)
