@@ -311,15 +311,11 @@ def main() -> None:
         peer = peers[unit.algo] if args.peer and unit.algo in PEERS else None
         path, proc = start_peer(config, peer) if peer else (None, None)
         if not o2o_sweep.finished(config):
-            if args.no_train:
-                if len(read_metrics(config.out)) < 2:  # no evaluation after the first
-                    print(f"{key}: not begun, left out (--no-train)", flush=True)
-                    continue
-                results[key] = {"o2o": o2o_result(config)}
-                print(f"{key}: unfinished, at {results[key]['o2o']['unfinished']} updates")
-                write_results(results, args)
+            if not args.no_train:
+                o2o_sweep.run_unit(dataclasses.replace(unit, seeds=(config.seed,)))
+            elif len(read_metrics(config.out)) < 2:  # no evaluation after the first
+                print(f"{key}: not begun, left out (--no-train)", flush=True)
                 continue
-            o2o_sweep.run_unit(dataclasses.replace(unit, seeds=(config.seed,)))
         results[key] = {"o2o": o2o_result(config)}
         if peer:
             results[key]["d3rlpy"] = finish_peer(path, proc, config)
