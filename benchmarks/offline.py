@@ -325,17 +325,22 @@ def main() -> None:
 
 
 def title(configs: list[TrainConfig]) -> str:
-    """The results' heading: the budget, seeds, data and evaluations of the runs."""
+    """The results' heading: the budget, seeds, data, networks and evaluations of the runs."""
 
     def values(field: str, sep: str = "/") -> str:  # several: a sweep with [train.ALGO]
         found = {getattr(c, field) for c in configs}
         return sep.join(map(str, sorted(found, key=lambda v: (type(v).__name__, v))))
 
+    networks: dict[str, list[str]] = {}  # hidden widths -> the algorithms with them
+    for c in configs:
+        algos = networks.setdefault("x".join(map(str, c.agent.hidden_dims)), [])
+        algos += [] if c.algo in algos else [c.algo]
     return (
         f"# Offline benchmark: {values('offline_steps')} updates, seeds {values('seed', ' ')}, "
-        f"{values('dataset_size').replace('None', 'full-size')}-transition datasets, "
-        "evaluations every "
-        f"{values('eval_interval')} updates ({values('eval_episodes')} episodes)"
+        f"{values('dataset_size').replace('None', 'full-size')}-transition datasets, networks "
+        + "; ".join(f"{widths} ({', '.join(algos)})" for widths, algos in networks.items())
+        + f", evaluations every {values('eval_interval')} updates "
+        f"({values('eval_episodes')} episodes)"
     )
 
 
