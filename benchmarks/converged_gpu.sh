@@ -4,15 +4,18 @@
 # tensorboardX; flax and optax at the project's versions), generates the 1M-transition datasets
 # there (walker2d-medium-replay is carried in .gpu-data/), runs converged-gpu.toml and
 # converged-more-gpu.toml side by side with `o2o sweep`, stops them at DEADLINE seconds after its
-# start, and packs their run directories into $OUT/runs-*.tgz (unfinished ones with their
-# checkpoints, to finish here or in the next call: at most 8 files of 16 MiB come back).
+# start, and packs their run directories into $OUT (unfinished ones with their checkpoints, to
+# finish here or in the next call: at most 8 files of 16 MiB come back).
 #   DEADLINE=535 bash benchmarks/converged_gpu.sh      (device run, carry .whl and .gpu-data)
-#   for f in runs-*.tgz; do tar xzf $f -C runs/bench_offline; done   (here)
+#   tar xzf runs.tgz -C runs/bench_offline; cat ckpt.tgz.* | tar xz -C runs/bench_offline (here)
 #   python benchmarks/offline.py benchmarks/sweeps/offline/converged-gpu.toml --no-train
+# The datasets are drawn by 16 processes on the machine's CPU cores (`o2o dataset make
+# --workers`, the same data as one process draws).
 # Measured in its first call (2026-12-04): drawing hopper-medium's 1M transitions there took
-# 7.3 min and halfcheetah-medium's 3.9 min (one process each), seven runs at once under MPS
-# made 2,000-7,000 updates/s each (one seed), 940 for three vmapped seeds in the first
-# interval; halfcheetah-medium's bc and cql finished, hopper-medium's runs had barely begun.
+# 7.3 min and halfcheetah-medium's 3.9 min (one process each, the policy then on the GPU);
+# seven runs at once under MPS made 2,000-7,000 updates/s each (one seed), 940 for three
+# vmapped seeds in the first interval; halfcheetah-medium's bc and cql finished,
+# hopper-medium's runs had barely begun.
 set -u
 START=$(date +%s)
 DEADLINE=${DEADLINE:-520}
@@ -34,7 +37,7 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 
 
 # Several runs share the GPU: many under MPS (kernels of different processes run at once),
 # fewer without it (the GPU time-slices between processes).
-if [ "$MPS" = 1 ]; then HOP=7 MORE=7; else HOP=4 MORE=3; fi
+if [ "$MPS" = 1 ]; then HOP=7 MORE=14; else HOP=4 MORE=4; fi
 sweep() {  # $1: sweep file stem, $2: workers; in a process group of its own
   setsid python3 -c "import sys; from o2o.cli import main; sys.argv = ['o2o', 'sweep', \
 'benchmarks/sweeps/offline/$1.toml', '--workers', '$2', '--debug']; main()" > "$OUT/$1.log" 2>&1 &
@@ -55,17 +58,29 @@ for path in sorted(pathlib.Path(".gpu-data").glob("*.npz")):
     data = np.load(path)
     digest = hashlib.sha256(data["observations"].tobytes()).hexdigest()[:16]
     print(path.name, len(data["rewards"]), "observations sha256", digest)
+print("drawn on the 2-core CPU (JAX 0.10.2): hopper-medium 84819240523b414e, "
+      "halfcheetah-medium b47ba52f0a7b6cbb, walker2d-medium-replay b755be81476568e6")
 EOF
-# Back come at most 8 files, 64 MiB in all: runs-0.tgz holds the logs and every run without
-# checkpoints; runs-1N.tgz the 15 furthest unfinished runs with theirs (about 3 MB each).
+# Back come at most 8 files of 16 MiB, 64 MiB in all: runs.tgz holds the logs and every run
+# without checkpoints; ckpt.tgz.N the unfinished runs with theirs (hopper-medium's first, then
+# the furthest), as many as fit in 56 MiB, cut into pieces of 15 MiB (`cat ckpt.tgz.* | tar xz`).
 cd runs/bench_offline || exit 1
 for run in *-gpu-*; do
-  [ -f "$run/summary.json" ] || echo "$(cat "$run/checkpoints/offline/progress.json" 2>/dev/null \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["updates"])' 2>/dev/null || echo 0) $run"
-done | sort -rn | head -15 | cut -d' ' -f2 > /tmp/resumable
+  [ -f "$run/summary.json" ] && continue
+  updates=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["updates"])' \
+    "$run/checkpoints/offline/progress.json" 2>/dev/null || echo 0)
+  case $run in hopper-*) first=1 ;; *) first=0 ;; esac
+  echo "$first $updates $run"
+done | sort -k1,1nr -k2,2nr | cut -d' ' -f3 > /tmp/unfinished
+: > /tmp/resumable; total=0
+while read -r run; do
+  size=$(du -sk --exclude=tb "$run" | cut -f1)
+  [ $(( total + size )) -gt $(( 56 * 1024 )) ] && continue
+  total=$(( total + size )); echo "$run" >> /tmp/resumable
+done < /tmp/unfinished
 mv "$OUT"/*.log "$OUT/data.txt" .
-tar czf "$OUT/runs-0.tgz" --exclude=checkpoints --exclude=tb --exclude=lock *-gpu-* *.log data.txt
-[ -s /tmp/resumable ] && split -l 3 -d /tmp/resumable /tmp/part- && for part in /tmp/part-*; do
-  tar czf "$OUT/runs-1${part#/tmp/part-}.tgz" --exclude=tb --exclude=lock -T "$part"
-done
-echo "finished $(ls *-gpu-*/summary.json 2>/dev/null | wc -l) runs in $(( $(date +%s) - START )) s"
+tar czf "$OUT/runs.tgz" --exclude=checkpoints --exclude=tb --exclude=lock *-gpu-* *.log data.txt
+[ -s /tmp/resumable ] && tar czf - --exclude=tb --exclude=lock -T /tmp/resumable \
+  | split -b 15M -d -a 1 - "$OUT/ckpt.tgz."
+echo "finished $(ls *-gpu-*/summary.json 2>/dev/null | wc -l) runs in $(( $(date +%s) - START )) s;" \
+  "checkpoints back for $(wc -l < /tmp/resumable) of $(wc -l < /tmp/unfinished) unfinished"

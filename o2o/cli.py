@@ -298,6 +298,12 @@ def dataset_command(argv: list[str]) -> None:
         "--size", type=at_least(1), default=None, help="transitions (default: D4RL's)"
     )
     make.add_argument("--seed", type=at_least(0), default=0)
+    make.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=None,
+        help="processes collecting (the same data for any number; default: one per core)",
+    )
     make.add_argument("--out", type=Path, default=None, help="also write it here (see convert)")
     info = sub.add_parser("info", help="size, episodes, returns, normalised score")
     info.add_argument("datasets", nargs="+", help="dataset files/folders or TASK-LEVEL names")
@@ -327,7 +333,7 @@ def dataset_command(argv: list[str]) -> None:
     from_run.add_argument("--to", choices=SAVERS, default=None, help="default: from dst suffix")
     args = parser.parse_args(argv)
     if args.action == "make":
-        dataset, path = make_dataset(args.name, args.size, args.seed)
+        dataset, path = make_dataset(args.name, args.size, args.seed, args.workers)
         rows = [dataset_row(args.name, dataset, get_task(args.name))]
         if args.out is not None:
             meta = {"name": args.name, "task": get_task(args.name).name, "seed": args.seed}

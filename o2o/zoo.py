@@ -71,6 +71,9 @@ class Policy:
 
         object.__setattr__(self, "_apply", jax.jit(apply, static_argnums=3))
 
+    def __reduce__(self):  # for collection workers (the jitted function is rebuilt there)
+        return Policy, (jax.tree.map(np.asarray, self.params), self.meta, self.module)
+
     def act(
         self, observations: np.ndarray, key: jax.Array, deterministic: bool = False
     ) -> np.ndarray:

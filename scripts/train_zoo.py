@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from o2o.agents.sac import RLPD_2
-from o2o.data.generate import replay_path, rollout
+from o2o.data.generate import SampledActions, replay_path, rollout
 from o2o.envs.tasks import Task, get_task
 from o2o.report.tables import markdown_table
 from o2o.train.pipeline import default_config, train
@@ -76,10 +76,9 @@ def _snapshots(task: str, seed: int, recipe: str) -> list[tuple[Path, dict]]:
 
 def sampled_return(task: Task, path: Path, seed: int) -> dict:
     """Return statistics of a policy's sampled-action rollouts (exactly how data is made)."""
-    policy = load_policy(path)
     data = rollout(
         task,
-        lambda obs, key, t: policy.act(obs, key),
+        SampledActions(load_policy(path)),
         ROLLOUT_STEPS,
         seed,
         f"{path.name} rollouts",

@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 
 from o2o.cli import main
 from o2o.data.formats import load_dataset
-from o2o.data.generate import dataset_from_replay, make_dataset, rollout
+from o2o.data.generate import SampledActions, dataset_from_replay, make_dataset, rollout
 from o2o.envs import tasks
 from o2o.envs.tasks import SPARSE_TO_MINUS_ONE, RewardTransform, get_task, parse_task
 from o2o.nets.policies import TanhGaussian
@@ -59,9 +62,8 @@ def test_damaged_policy_file_is_reported(tmp_path):
 
 
 def test_rollout_is_deterministic_and_well_formed(zoo, capsys):
-    policy = load_policy(zoo / "zoo" / "hopper-medium.npz")
     task = get_task("hopper")
-    act = lambda obs, key, t: policy.act(obs, key)  # noqa: E731
+    act = SampledActions(load_policy(zoo / "zoo" / "hopper-medium.npz"))
     a = rollout(task, act, 600, seed=3, source="a", num_envs=4)
     said = capsys.readouterr()  # not a terminal: the progress in lines, as a log file sees it
     assert "collecting a: 60/600 transitions" in said.out + said.err
@@ -79,6 +81,18 @@ def test_rollout_is_deterministic_and_well_formed(zoo, capsys):
     np.testing.assert_array_equal(a.next_observations[:-1][inside], a.observations[1:][inside])
     # An untrained hopper falls: real terminals, and stream ends are episode ends.
     assert a.terminals.sum() > 0 and ends[[149, 299, 449, 599]].all()
+    # Processes sharing the environments (2, 1 and 1 of them) draw exactly the same data.
+    d = rollout(task, act, 600, seed=3, source="d", num_envs=4, workers=3)
+    for name, x in a.arrays().items():
+        np.testing.assert_array_equal(x, d.arrays()[name])
+
+
+def test_importing_o2o_starts_no_jax_backend():
+    """Collection workers set JAX to the CPU after their imports; an import that made an array
+    (a module-level constant) would start the default backend first, a GPU in each worker."""
+    code = "import o2o.agents, o2o.cli, o2o.data.generate, o2o.sweep, o2o.train.pipeline"
+    env = os.environ | {"JAX_PLATFORMS": "no-such-platform"}  # starting any backend fails
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
 def test_make_dataset_caches_and_composes_levels(zoo, capsys):

@@ -31,8 +31,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 
 import jax
@@ -50,7 +52,7 @@ from o2o.data.dataset import FIELDS, Dataset
 from o2o.data.formats import load_native, save_native
 from o2o.envs.tasks import Task, parse_task
 from o2o.logging import console
-from o2o.zoo import ZOO_LEVELS, load_policy_chain, zoo_dir, zoo_policy
+from o2o.zoo import ZOO_LEVELS, Policy, load_policy_chain, zoo_dir, zoo_policy
 
 DATASET_VERSION = 2  # bump when a recipe changes, so cached files are not reused
 NUM_ENVS = 16  # environments stepped in lock-step (one batched policy call per step)
@@ -73,6 +75,17 @@ def collection_progress(description: str, total: int) -> tuple[Progress, int]:
     return progress, progress.add_task(description, total=total)
 
 
+class SampledActions:
+    """`rollout`'s policy for a zoo policy: its sampled actions (D4RL's recipe). A class, not
+    a closure, so that collection workers can be sent it."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    def __call__(self, observations: np.ndarray, key: jax.Array, t: int) -> np.ndarray:
+        return self.policy.act(observations, key)
+
+
 def rollout(
     task: Task,
     policy: Callable[[np.ndarray, jax.Array, int], np.ndarray],
@@ -80,26 +93,70 @@ def rollout(
     seed: int,
     source: str,
     num_envs: int = NUM_ENVS,
+    workers: int = 1,
 ) -> Dataset:
     """`size` transitions of `policy(observations, key, t) -> actions` on `task` (t: the step
     index within each stream).
 
     `num_envs` environments run in lock-step; environment i contributes one contiguous
     stream of about size/num_envs transitions, so the data does not favour short episodes.
+    `workers` processes (at most `num_envs`; `policy` must then be picklable) share the
+    environments and draw exactly the same data as one: each still calls the policy on all
+    `num_envs` rows (its own, the others zeros), and a row's actions depend only on that row
+    and the step's key.
     """
     num_envs = max(1, min(num_envs, size))
     quotas = np.full(num_envs, size // num_envs) + (np.arange(num_envs) < size % num_envs)
-    envs = [task.make_env() for _ in range(num_envs)]
-    reset_seeds = np.random.SeedSequence(seed).generate_state(num_envs)
-    obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds, strict=True)])
-    obs = obs.astype(np.float32)
-    streams = [{name: [] for name in FIELDS} for _ in range(num_envs)]
-    key = jax.random.key(seed)
+    parts = np.array_split(np.arange(num_envs), max(1, min(workers, num_envs)))
     bar, bar_task = collection_progress(f"collecting {source}", size)
-    with bar, jax.default_device(jax.local_devices(backend="cpu")[0]):
+    done = [0]  # transitions so far, and at the last line printed
+
+    def advance(count: int) -> None:
+        before, done[0] = done[0], done[0] + count
+        bar.update(bar_task, completed=done[0])
+        if not console.is_terminal and done[0] * 10 // size > before * 10 // size:
+            console.print(f"collecting {source}: {done[0]:,}/{size:,} transitions")  # log files
+
+    with bar:
+        if len(parts) == 1:
+            streams = _collect_streams(task, policy, seed, quotas, parts[0], advance)
+        else:
+            streams = _collect_in_workers(task, policy, seed, quotas, parts, advance)
+    arrays = {
+        name: np.concatenate([np.asarray(s[name]) for s in streams]).astype(
+            np.float32 if name not in ("terminals", "timeouts") else bool
+        )
+        for name in FIELDS
+    }
+    return Dataset.from_arrays(arrays, source, -1.0, 1.0)
+
+
+def _collect_streams(
+    task: Task,
+    policy: Callable[[np.ndarray, jax.Array, int], np.ndarray],
+    seed: int,
+    quotas: np.ndarray,
+    indices: np.ndarray,
+    advance: Callable[[int], None],
+) -> list[dict[str, list]]:
+    """The streams of environments `indices` (of len(quotas) in lock-step), as `rollout`
+    draws them; `advance(n)` after each step that added n transitions."""
+    num_envs = len(quotas)
+    reset_seeds = np.random.SeedSequence(seed).generate_state(num_envs)
+    envs = {i: task.make_env() for i in indices}
+    obs = None
+    streams = {i: {name: [] for name in FIELDS} for i in indices}
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        key = jax.random.key(seed)
+        for i in indices:
+            first = envs[i].reset(seed=int(reset_seeds[i]))[0]
+            if obs is None:
+                obs = np.zeros((num_envs, *np.shape(first)), np.float32)
+            obs[i] = first
         for t in range(int(quotas.max())):
             actions = np.clip(policy(obs, jax.random.fold_in(key, t), t), -1.0, 1.0)
-            for i in np.flatnonzero(quotas > t):
+            active = [i for i in indices if quotas[i] > t]
+            for i in active:
                 next_obs, reward, terminated, truncated, _ = envs[i].step(actions[i])
                 next_obs = next_obs.astype(np.float32)
                 stream = streams[i]
@@ -110,19 +167,53 @@ def rollout(
                 stream["terminals"].append(terminated)
                 stream["timeouts"].append(truncated and not terminated)
                 obs[i] = envs[i].reset()[0] if terminated or truncated else next_obs
-            bar.advance(bar_task, int((quotas > t).sum()))
-            if not console.is_terminal and (t + 1) % max(1, int(quotas.max()) // 10) == 0:
-                done = int(np.minimum(quotas, t + 1).sum())  # a log file still sees progress
-                console.print(f"collecting {source}: {done:,}/{size:,} transitions")
-    for env in envs:
+            advance(len(active))
+    for env in envs.values():
         env.close()
-    arrays = {
-        name: np.concatenate([np.asarray(s[name]) for s in streams]).astype(
-            np.float32 if name not in ("terminals", "timeouts") else bool
-        )
-        for name in FIELDS
-    }
-    return Dataset.from_arrays(arrays, source, -1.0, 1.0)
+    return [streams[i] for i in indices]
+
+
+_counter = None  # a worker's shared count of transitions drawn (`_collect_in_workers`)
+
+
+def _init_worker(counter) -> None:
+    global _counter
+    _counter = counter
+    jax.config.update("jax_platforms", "cpu")  # the policy acts on the CPU: no GPU to start
+
+
+def _count(n: int) -> None:
+    with _counter.get_lock():
+        _counter.value += n
+
+
+def _worker_streams(*args) -> list[dict[str, np.ndarray]]:
+    streams = _collect_streams(*args, _count)
+    return [{name: np.asarray(values) for name, values in s.items()} for s in streams]
+
+
+def _collect_in_workers(
+    task: Task,
+    policy: Callable[[np.ndarray, jax.Array, int], np.ndarray],
+    seed: int,
+    quotas: np.ndarray,
+    parts: list[np.ndarray],
+    advance: Callable[[int], None],
+) -> list[dict[str, np.ndarray]]:
+    """`_collect_streams` of each part of the environments in a process of its own (spawned:
+    JAX's threads do not survive a fork), in environment order."""
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    pool = ProcessPoolExecutor(len(parts), context, _init_worker, (counter,))
+    with pool:
+        futures = [pool.submit(_worker_streams, task, policy, seed, quotas, part) for part in parts]
+        shown = 0
+        while not all(f.done() for f in futures):
+            wait(futures, timeout=0.5)
+            advance(counter.value - shown)
+            shown = counter.value
+        advance(counter.value - shown)
+        return [s for f in futures for s in f.result()]
 
 
 def concatenate(datasets: list[Dataset], source: str) -> Dataset:
@@ -181,8 +272,11 @@ def dataset_path(task: Task, level: str, size: int, seed: int) -> Path:
     return data_dir() / f"{task.name}-{level}-{size}-seed{seed}-{_fingerprint(task, level)}.npz"
 
 
-def make_dataset(name: str, size: int | None = None, seed: int = 0) -> tuple[Dataset, Path]:
-    """The dataset `TASK-LEVEL`: from the cache, or generated (and cached) on first use."""
+def make_dataset(
+    name: str, size: int | None = None, seed: int = 0, workers: int | None = None
+) -> tuple[Dataset, Path]:
+    """The dataset `TASK-LEVEL`: from the cache, or generated (and cached) on first use, in
+    `workers` processes (the same data for any number; default: the task's, see its collect)."""
     task, level = parse_task(name)
     if level is None:
         raise ValueError(
@@ -198,10 +292,12 @@ def make_dataset(name: str, size: int | None = None, seed: int = 0) -> tuple[Dat
     if path.exists():
         return load_native(path)[0], path
     if level == "medium-expert":
-        parts = [make_dataset(f"{task.name}-{lv}", size, seed)[0] for lv in ("medium", "expert")]
+        parts = [
+            make_dataset(f"{task.name}-{lv}", size, seed, workers)[0] for lv in ("medium", "expert")
+        ]
         dataset = concatenate(parts, f"generated {task.name}-medium-expert (seed {seed})")
     else:
-        dataset = task.collect(level, size, seed)
+        dataset = task.collect(level, size, seed, workers)
     meta = {
         "task": task.name,
         "level": level,

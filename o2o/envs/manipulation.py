@@ -459,10 +459,10 @@ class ManipulationTask(Task):
             1.0,
         )
 
-    def collect(self, level: str, size: int, seed: int) -> Dataset:
+    def collect(self, level: str, size: int, seed: int, workers: int | None = None) -> Dataset:
         """The `level` data of this suite (size // 1000 collection episodes, at least one),
-        relabelled for this task."""
-        train_path, _ = make_raw_dataset(self.suite, level, _episodes(size), seed)
+        relabelled for this task; collected in `workers` processes (see make_raw_dataset)."""
+        train_path, _ = make_raw_dataset(self.suite, level, _episodes(size), seed, workers)
         with np.load(train_path) as npz:
             arrays = dict(npz)
         return self.relabel(arrays, f"generated {self.suite}-{level} (seed {seed}) for {self.name}")

@@ -149,8 +149,9 @@ class MazeTask(Task):
         _register_robotics_envs()
         return WaypointPlanner(gym.spec(self.env_id).kwargs["maze_map"])
 
-    def collect(self, level: str, size: int, seed: int) -> Dataset:
-        """`size` transitions of the noisy waypoint planner (D4RL maze2d recipe).
+    def collect(self, level: str, size: int, seed: int, workers: int | None = None) -> Dataset:
+        """`size` transitions of the noisy waypoint planner (D4RL maze2d recipe), in this
+        process (the planner is fast: `workers` is not needed).
 
         Each collection episode starts at rest in a random free cell other than the goal's
         (+-0.25 noise); the planner drives to a random commanded cell and picks a new one on

@@ -12,6 +12,7 @@ A dataset is named `TASK-LEVEL` (`hopper-medium`); `parse_task` splits such name
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -181,17 +182,21 @@ class Task:
         span = self.expert_return - self.random_return
         return 100.0 * (episode_return - self.random_return) / span
 
-    def collect(self, level: str, size: int, seed: int) -> Dataset:
-        """`size` transitions of the zoo's `level` policy (D4RL's recipe: sampled actions);
+    def collect(self, level: str, size: int, seed: int, workers: int | None = None) -> Dataset:
+        """`size` transitions of the zoo's `level` policy (D4RL's recipe: sampled actions),
+        drawn by `workers` processes (the same data for any number; default: one per core,
+        at most one per 50k transitions, since a process takes seconds to start);
         `medium-replay` re-collects the medium run's buffer and has its own size."""
-        from o2o.data.generate import collect_medium_replay, rollout
+        from o2o.data.generate import SampledActions, collect_medium_replay, rollout
         from o2o.zoo import load_policy, zoo_policy
 
         if level == "medium-replay":
             return collect_medium_replay(self, seed)
-        policy = load_policy(zoo_policy(self.name, level))
+        policy = SampledActions(load_policy(zoo_policy(self.name, level)))
+        if workers is None:
+            workers = max(1, min(os.cpu_count() or 1, size // 50_000))
         source = f"generated {self.name}-{level} (seed {seed})"
-        return rollout(self, lambda obs, key, t: policy.act(obs, key), size, seed, source=source)
+        return rollout(self, policy, size, seed, source=source, workers=workers)
 
 
 def _unit_actions(env: gym.Env) -> gym.Env:

@@ -4,13 +4,15 @@ sampling)."""
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from o2o.nets.mlp import MLP, Activation, Init, default_init, dense
 
-_LOG_2 = jnp.log(2.0)
+_LOG_2 = math.log(2.0)  # a float, not an array: importing must not start a JAX backend
 # Dataset actions at exactly +-1 (clipped data, or a bang-bang behaviour policy) have
 # atanh = inf; clipping to +-(1 - 1e-6) keeps the log-likelihood finite (|u| <= 7.25). RLPD
 # and FQL clip their datasets to +-(1 - 1e-5) for the same reason.
