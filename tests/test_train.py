@@ -114,6 +114,22 @@ def test_offline_run_extends_online_with_another_offline_ratio(tmp_path):
         train(dataclasses.replace(config, agent=agent))
 
 
+def test_cpu_evaluation_matches_the_default_here_and_may_change_on_resume(tmp_path):
+    """--eval-device cpu acts through the same functions (on this CPU, the same numbers); a run
+    resumes with another eval device, since it says where evaluations act, not what they are."""
+    path = hopper_dataset(tmp_path)
+    flags = f"--algo iql --task hopper --dataset {path} --offline-steps 4 --eval-interval 2"
+    cpu, default = tmp_path / "cpu", tmp_path / "default"
+    run(f"{flags} --online-steps 0 --eval-device cpu --out {cpu}")
+    run(f"{flags} --online-steps 0 --out {default}")
+    assert load_config(cpu).eval_device == "cpu"
+    keys = ("return_mean", "q_pred_mean", "q_bias", "holdout_q_bias")
+    for a, b in zip(read_metrics(cpu), read_metrics(default), strict=True):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    run(f"{flags} --online-steps 4 --eval-device default --out {cpu}")
+    assert summary(cpu)["env_steps"] == 4
+
+
 def test_resume_accepts_run_from_before_a_field_existed(tmp_path):
     """A run written before a config field or counter was added resumes with its default."""
     out = tmp_path / "run"

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +162,7 @@ class OfflineLoop:
     eval_episodes: int
     holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
     horizon: int = 1  # actions per chunk (`Needs.horizon`): batches are windows of steps
+    eval_device: Literal["default", "cpu"] = "default"  # where the agent acts (Evaluator)
 
     def run(self) -> tuple[list[Any], list[OfflineProgress]]:
         agents = self.agents
@@ -193,6 +194,7 @@ class OfflineLoop:
                 gamma=cfg.discount,
                 holdout=self.holdout,
                 horizon=self.horizon,
+                device=self.eval_device,
             )
             for seed in self.seeds
         ]

@@ -34,7 +34,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +186,7 @@ class OnlineLoop:
     step_offset: int = 0  # offline updates before this phase: records' `step` continues them
     holdout: Dataset | None = None  # dataset episodes kept out of training (holdout_q_bias)
     needs: Needs = field(default_factory=Needs)  # the agent's, for the online phase
+    eval_device: Literal["default", "cpu"] = "default"  # where the agent acts (Evaluator)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -241,6 +242,7 @@ class OnlineLoop:
             gamma=self.agent.config.discount,
             holdout=self.holdout,
             horizon=self.horizon,
+            device=self.eval_device,
         )
         self._start()
         self.metrics = {}

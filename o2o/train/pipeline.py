@@ -94,6 +94,9 @@ class TrainConfig:
     """Offline updates or environment steps between evaluations (and checkpoints)."""
     eval_episodes: int = 10
     """Deterministic episodes per evaluation, from fixed reset seeds."""
+    eval_device: Literal["default", "cpu"] = "default"
+    """Where the agent acts in evaluations: where it trains, or the CPU (faster where many runs
+    share a GPU and the policy is small: each step's call waits for the GPU)."""
     holdout_episodes: int = 10
     """Dataset episodes kept out of training (evenly spaced, the same for every seed and
     algorithm; at most a tenth of the dataset's): every evaluation compares Q of their logged
@@ -253,7 +256,8 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
     offline run can be extended online with a ratio of its own. The preset's name is not
     compared (runs from before it existed lack it); its fields are."""
     saved = read_json(run_dir / "config.json")
-    ignored = ("online_steps", "out", "preset")  # preset: a label; the agent's fields count
+    # preset: a label, the agent's fields count; eval_device: where evaluations act, not what
+    ignored = ("online_steps", "out", "preset", "eval_device")
     current = {k: v for k, v in _config_json(config).items() if k not in ignored}
     if saved.get("online_steps") == 0 or saved.get("data_mix") == "proportional":
         current["agent"].pop("offline_ratio", None)
@@ -398,6 +402,7 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
                 config.eval_episodes,
                 holdout=holdout,
                 horizon=needs["offline"].horizon,
+                eval_device=config.eval_device,
             ).run()
             for k, agent, done in zip(group, trained, progress, strict=True):
                 agents[k], phases[k]["offline"] = switch(agent, config), done
@@ -426,6 +431,7 @@ def _train_together(configs: Sequence[TrainConfig]) -> list[Path]:
                 step_offset=config.offline_steps,
                 holdout=holdout,
                 needs=needs["online"],
+                eval_device=config.eval_device,
             )
             for k, seed_cfg in enumerate(configs)
         ]
