@@ -7,6 +7,7 @@
 # start, and packs their run directories into $OUT (unfinished ones with their checkpoints, to
 # finish here or in the next call: at most 8 files of 16 MiB come back).
 #   DEADLINE=535 bash benchmarks/converged_gpu.sh      (device run, carry .whl and .gpu-data)
+#   SWEEPS="rebrac-hopper-base:1 rebrac-hopper-td3bc:1" DEADLINE=180 bash ...  (other sweeps)
 #   tar xzf runs.tgz -C runs/bench_offline; cat ckpt.tgz.* | tar xz -C runs/bench_offline (here)
 #   python benchmarks/offline.py benchmarks/sweeps/offline/converged-gpu.toml --no-train
 # The datasets are drawn by 16 processes on the machine's CPU cores (`o2o dataset make
@@ -44,8 +45,10 @@ sweep() {  # $1: sweep file stem, $2: workers; in a process group of its own
   PIDS="$PIDS $!"
 }
 PIDS=""
-sweep converged-gpu $HOP
-sweep converged-more-gpu $MORE
+# SWEEPS: "FILE_STEM:WORKERS ..." (benchmarks/sweeps/offline/); default the converged study.
+for spec in ${SWEEPS:-converged-gpu:$HOP converged-more-gpu:$MORE}; do
+  sweep "${spec%%:*}" "${spec##*:}"
+done
 while [ $(( $(date +%s) - START )) -lt "$DEADLINE" ]; do
   alive=0; for p in $PIDS; do kill -0 "$p" 2>/dev/null && alive=1; done
   [ $alive = 0 ] && break
