@@ -29,15 +29,24 @@ from o2o.report import stats
 from o2o.report.tables import markdown_table
 
 
-def groups(path: Path) -> dict[str, list[dict]]:
-    """An `offline.py` results file's runs by `DATASET/LABEL`, in seed order."""
+def groups(path: Path, upto: int | None = None) -> dict[str, list[dict]]:
+    """An `offline.py` results file's runs by `DATASET/LABEL`, in seed order; with `upto`,
+    each library's curve cut after that step (runs stopped at different steps compare there)."""
     try:
         runs = json.loads(path.read_text())["runs"]
     except (OSError, ValueError, KeyError) as error:
         raise SystemExit(f"{path}: not an offline.py results file ({error})") from error
     found: dict[str, list[dict]] = defaultdict(list)
     for key in sorted(runs, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1]))):
-        found[key.rsplit("/", 1)[0]].append(runs[key])
+        run = runs[key]
+        if upto is not None:
+            run = {
+                library: part | {"curve": [p for p in part["curve"] if p["step"] <= upto]}
+                if isinstance(part, dict) and "curve" in part
+                else part
+                for library, part in run.items()
+            }
+        found[key.rsplit("/", 1)[0]].append(run)
     return found
 
 
@@ -53,12 +62,18 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="the parity study (.json)")
     parser.add_argument("--name", required=True, help="writes benchmarks/results/NAME.{json,md}")
     parser.add_argument("--fallen", type=float, default=5.0, help="a fallen evaluation's score")
+    parser.add_argument(
+        "--upto",
+        type=int,
+        default=None,
+        help="score every run on its evaluations up to this step (runs stopped short)",
+    )
     args = parser.parse_args()
 
-    baseline = groups(args.baseline)
+    baseline = groups(args.baseline, args.upto)
     rows, table, bases = [], [], []
     for path in args.variants:
-        for key, runs in groups(path).items():
+        for key, runs in groups(path, args.upto).items():
             dataset, label = key.split("/", 1)
             base_key = f"{dataset}/{label.split(' (')[0]}"
             if base_key not in baseline or path.resolve() == args.baseline.resolve():
@@ -96,7 +111,9 @@ def main() -> None:
     text = (
         f"# Ablations against {args.baseline.name}\n\n`{command}`\n\n"
         f"Scores: D4RL-normalised. {stats.note(run_scores=True)} Budgets, seeds and CPU-hours: "
-        "each results file's own heading.\n\n"
+        "each results file's own heading."
+        + (f" Every run is scored on its evaluations up to step {args.upto}." if args.upto else "")
+        + "\n\n"
         f"{markdown_table(rows, columns)}\n"
     )
     stem.with_suffix(".md").write_text(text)

@@ -67,7 +67,14 @@ RESULTS = ROOT / "results"
 RUNS = Path("runs") / "bench_offline"
 PEER_PYTHON = ROOT.parent / ".venv-bench" / "bin" / "python"
 IQL_DECAY = 1_000_000  # peer_d3rlpy_offline.py's default IQL actor decay (the reference's run)
-PEERS = {"bc-det": "bc", "td3bc": "td3+bc", "cql": "cql", "iql": "iql", "awac": "awac"}
+PEERS = {
+    "bc-det": "bc",
+    "td3bc": "td3+bc",
+    "cql": "cql",
+    "iql": "iql",
+    "awac": "awac",
+    "rebrac": "rebrac",
+}
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -168,6 +175,9 @@ def start_peer(config: TrainConfig, peer: str):
     decay = getattr(config.agent, "decay_steps", IQL_DECAY) if peer == "iql" else IQL_DECAY
     if decay != IQL_DECAY:  # o2o's IQL decays its actor's lr over another length: so does d3rlpy's
         stem += f"-decay{decay or 0}"
+    betas = f"{config.agent.actor_bc},{config.agent.critic_bc}" if peer == "rebrac" else None
+    if betas:  # ReBRAC's penalties are o2o's preset's for the dataset
+        stem += f"-betas{betas.replace(',', '-')}"
     path = RUNS / "peer" / f"{stem}.json"
     if path.exists():
         return path, None
@@ -183,6 +193,8 @@ def start_peer(config: TrainConfig, peer: str):
         f"--eval-interval={every}",
         f"--snapshots={RUNS / 'peer' / stem}",
         f"--decay-steps={decay or 0}",
+        f"--batch={config.agent.batch_size}",
+        *([f"--betas={betas}"] if betas else []),
     ]
     log = open(RUNS / "peer" / f"{path.stem}.log", "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(

@@ -26,6 +26,9 @@ sizes and batch sizes where they differ, so that updates per second compare the 
   takes all gradients at the parameters before the step;
 - iql: expectile 0.7, temperature 3, weights clipped at 100, rewards scaled by 1000 / return
   range, actor lr cosine-decayed over 1M updates (o2o's IQL_LOCOMOTION);
+- rebrac: 3x256, LayerNorm in the critics, batch 1024 (o2o's batch is passed), lr 1e-3, the
+  penalties of o2o's preset for the dataset (`--betas`; CORL's, e.g. hopper-medium 0.01 / 0.01),
+  raw observations (d3rlpy's reproductions/offline/rebrac.py);
 - awac: lambda 1/3, 3x256, batch 256, standardised observations (o2o's CORL recipe; d3rlpy's
   reproduction uses lambda 1, 4x256, batch 1024 and actor weight decay). d3rlpy's AWAC keeps
   more of its SAC base than the references do: its critic target is SAC's,
@@ -53,11 +56,13 @@ import torch
 from d3rlpy.algos.utility import build_scalers_with_transition_picker
 from d3rlpy.models.torch.parameters import get_parameter
 
-ALGOS = ("bc", "td3+bc", "cql", "iql", "awac", "awac-no-entropy")
+ALGOS = ("bc", "td3+bc", "cql", "iql", "awac", "awac-no-entropy", "rebrac")
 IQL_DECAY = 1_000_000  # the actor's cosine decay length unless --decay-steps says otherwise
 
 
-def build(algo: str, batch: int, decay_steps: int = IQL_DECAY) -> d3rlpy.base.LearnableConfig:
+def build(
+    algo: str, batch: int, decay_steps: int = IQL_DECAY, betas: tuple[float, float] = (0.001, 0.01)
+) -> d3rlpy.base.LearnableConfig:
     """The d3rlpy config for `algo` (see the module docstring)."""
     enc = d3rlpy.models.VectorEncoderFactory
     standard = d3rlpy.preprocessing.StandardObservationScaler()
@@ -113,6 +118,16 @@ def build(algo: str, batch: int, decay_steps: int = IQL_DECAY) -> d3rlpy.base.Le
             critic_encoder_factory=enc([256, 256, 256]),
             observation_scaler=standard,
         )
+    if algo == "rebrac":
+        return d3rlpy.algos.ReBRACConfig(
+            batch_size=batch,
+            actor_learning_rate=1e-3,
+            critic_learning_rate=1e-3,
+            actor_encoder_factory=enc([256, 256, 256]),
+            critic_encoder_factory=enc([256, 256, 256], use_layer_norm=True),
+            actor_beta=betas[0],
+            critic_beta=betas[1],
+        )
     raise SystemExit(f"unknown --algo {algo}; choose one of {', '.join(ALGOS)}")
 
 
@@ -133,6 +148,11 @@ def main() -> None:
         default=IQL_DECAY,
         help="IQL's actor cosine decay length (the reference's: its run's length); 0: none",
     )
+    parser.add_argument(
+        "--betas",
+        default="0.001,0.01",
+        help="ReBRAC's actor and critic penalties, ACTOR,CRITIC (o2o's preset for the dataset)",
+    )
     args = parser.parse_args()
     if args.eval_interval and not args.snapshots:
         raise SystemExit("--eval-interval needs --snapshots DIR")
@@ -142,7 +162,8 @@ def main() -> None:
 
     # d3rlpy's structlog writes its info lines to stdout: keep stdout for the protocol.
     with contextlib.redirect_stdout(sys.stderr):
-        dataset, algo = built(args.algo, args.data, args.batch, args.decay_steps)
+        betas = tuple(float(b) for b in args.betas.split(","))
+        dataset, algo = built(args.algo, args.data, args.batch, args.decay_steps, betas)
         for _ in range(args.warmup):
             algo.update(dataset.sample_transition_batch(args.batch))
         seconds, done, steps = 0.0, 0, snapshot_steps(args.steps, args.eval_interval)
@@ -187,7 +208,11 @@ def main() -> None:
 
 
 def built(
-    algo_name: str, data: str, batch: int, decay_steps: int = IQL_DECAY
+    algo_name: str,
+    data: str,
+    batch: int,
+    decay_steps: int = IQL_DECAY,
+    betas: tuple[float, float] = (0.001, 0.01),
 ) -> tuple[d3rlpy.dataset.MDPDataset, Any]:
     """(the transitions in `data` as d3rlpy's dataset, `algo_name`'s algorithm built on them,
     its scalers fitted as `fit` does first)."""
@@ -199,7 +224,7 @@ def built(
         terminals=arrays["terminals"].astype(np.float32),
         timeouts=arrays["timeouts"].astype(np.float32),
     )
-    algo = build(algo_name, batch, decay_steps).create(device="cpu:0")
+    algo = build(algo_name, batch, decay_steps, betas).create(device="cpu:0")
     build_scalers_with_transition_picker(algo, dataset)
     algo.build_with_dataset(dataset)
     if algo_name == "awac-no-entropy":  # temperature exp(-inf) = 0 in SAC's target

@@ -66,3 +66,32 @@ def test_no_variant_is_an_error(tmp_path, monkeypatch, bench_script):
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match="no variant"):
         module.main()
+
+
+def test_upto_scores_runs_stopped_at_different_steps_at_one_step(
+    tmp_path, monkeypatch, bench_script
+):
+    """--upto S cuts every curve after step S: a variant that ran further is not scored on
+    evaluations the baseline never reached."""
+    pytest.importorskip("rliable")
+    module = bench_script("ablations")
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+
+    def results(path, label, curves):
+        runs = {
+            f"hopper-medium/{label}/{seed}": {
+                "o2o": {"curve": [{"step": 10 * i, "score": s} for i, s in enumerate(c)]}
+            }
+            for seed, c in enumerate(curves)
+        }
+        path.write_text(json.dumps({"command": "offline.py", "runs": runs}))
+        return path
+
+    baseline = results(tmp_path / "base.json", "rebrac", [[1.0, 2, 3]] * 3)
+    variant = results(tmp_path / "v.json", "rebrac (x=1)", [[1.0, 2, 3, 90, 90, 90]] * 3)
+    argv = ["ablations.py", str(variant), "--baseline", str(baseline), "--name", "out"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--upto", "20"])
+    module.main()
+    row = json.loads((tmp_path / "out.json").read_text())["rows"][0]
+    assert row["scores"] == [2.0, 2.0, 2.0]  # the mean of steps 0, 10 and 20, not 90
+    assert "up to step 20" in (tmp_path / "out.md").read_text()
