@@ -16,7 +16,9 @@
 # 7.3 min and halfcheetah-medium's 3.9 min (one process each, the policy then on the GPU);
 # seven runs at once under MPS made 2,000-7,000 updates/s each (one seed), 940 for three
 # vmapped seeds in the first interval; halfcheetah-medium's bc and cql finished,
-# hopper-medium's runs had barely begun.
+# hopper-medium's runs had barely begun. Second call (evaluations on the CPU, data drawn by 16
+# processes): hopper-medium 1M in 2:45 beside halfcheetah's draw; 21 runs at once made 680
+# (ReBRAC, three vmapped seeds) to 3,400 (BC) updates/s; in 525 s 16 of 35 runs finished.
 set -u
 START=$(date +%s)
 DEADLINE=${DEADLINE:-520}
