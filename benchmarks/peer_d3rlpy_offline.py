@@ -58,10 +58,11 @@ from d3rlpy.models.torch.parameters import get_parameter
 
 ALGOS = ("bc", "td3+bc", "cql", "iql", "awac", "awac-no-entropy", "rebrac")
 IQL_DECAY = 1_000_000  # the actor's cosine decay length unless --decay-steps says otherwise
+REBRAC_BETAS = (0.001, 0.01)  # ReBRAC's actor and critic penalties unless --betas says otherwise
 
 
 def build(
-    algo: str, batch: int, decay_steps: int = IQL_DECAY, betas: tuple[float, float] = (0.001, 0.01)
+    algo: str, batch: int, decay_steps: int = IQL_DECAY, betas: tuple[float, float] = REBRAC_BETAS
 ) -> d3rlpy.base.LearnableConfig:
     """The d3rlpy config for `algo` (see the module docstring)."""
     enc = d3rlpy.models.VectorEncoderFactory
@@ -150,7 +151,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--betas",
-        default="0.001,0.01",
+        default=",".join(map(str, REBRAC_BETAS)),
         help="ReBRAC's actor and critic penalties, ACTOR,CRITIC (o2o's preset for the dataset)",
     )
     args = parser.parse_args()
@@ -212,7 +213,7 @@ def built(
     data: str,
     batch: int,
     decay_steps: int = IQL_DECAY,
-    betas: tuple[float, float] = (0.001, 0.01),
+    betas: tuple[float, float] = REBRAC_BETAS,
 ) -> tuple[d3rlpy.dataset.MDPDataset, Any]:
     """(the transitions in `data` as d3rlpy's dataset, `algo_name`'s algorithm built on them,
     its scalers fitted as `fit` does first)."""
