@@ -100,6 +100,8 @@ def test_make_dataset_caches_and_composes_levels(zoo, capsys):
     again, path_again = make_dataset("hopper-medium", size=300, seed=0)
     assert path == path_again and path.exists()
     np.testing.assert_array_equal(medium.observations, again.observations)
+    # The file says which JAX drew it: another version may differ in a last bit (generate.py).
+    assert load_dataset(path)[1]["jax"] == jax.__version__
     mixed, _ = make_dataset("hopper-medium-expert", size=300, seed=0)
     expert, _ = make_dataset("hopper-expert", size=300, seed=0)
     assert len(mixed) == 600

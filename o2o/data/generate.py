@@ -20,10 +20,12 @@ the next row starts another stream, which the `observations[t+1]` rule detects).
 
 Every dataset is deterministic for (task, level, size, seed) and the policy file, and cached
 as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`). The behaviour
-policy always acts on the CPU: a GPU's matrix products round differently, and a rollout
-amplifies the least difference (hopper-medium drawn on an H200, policy on the GPU and JAX 0.11,
-differed from the file drawn here with JAX 0.10), so a file's name would no longer say what it
-holds. Other JAX versions may round differently too; the name does not record the version.
+policy always acts on the CPU, where a GPU's matrix products cannot round differently. JAX's
+version can still change a last bit, and a rollout keeps the difference until its episode ends:
+hopper-medium 1M drawn with JAX 0.11.2 differs from JAX 0.10.2's in one action's last bit
+(row 657,760) and so in 232 transitions of that episode, on the same CPU (halfcheetah-medium's
+files are identical). The name does not record the version, so a cached file is reused across
+versions; its `meta` records the JAX and MuJoCo versions that drew it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
+from importlib.metadata import version
 from pathlib import Path
 
 import jax
@@ -304,6 +307,8 @@ def make_dataset(
         "size": size,
         "seed": seed,
         "version": DATASET_VERSION,
+        "jax": jax.__version__,
+        "mujoco": version("mujoco"),
     }
     save_native(dataset, path, meta)
     console.print(f"dataset {task.name}-{level}: {len(dataset)} transitions cached in {path}")
