@@ -360,3 +360,20 @@ def test_actor_last_layer_starts_small_with_its_init_scale():
     ratio = float(small["Dense_2"]["kernel"].std() / usual["Dense_2"]["kernel"].std())
     assert ratio == pytest.approx(0.1, rel=1e-3)  # sqrt of the variance scale
     np.testing.assert_array_equal(small["Dense_0"]["kernel"], usual["Dense_0"]["kernel"])
+
+
+@pytest.mark.parametrize("weight_init", ["torch", "xavier"])
+def test_weight_init_reaches_actor_and_critics(weight_init):
+    """`weight_init="torch"` (d3rlpy's networks) gives every layer of the actor and of both
+    critics PyTorch's uniform biases in +-1/sqrt(fan_in); the default keeps zero biases."""
+    config = dataclasses.replace(REBRAC, hidden_dims=(32, 32), weight_init=weight_init)
+    agent = TD3BC.create(config, OBS, ACT, 0)
+    params = {"actor": agent.actor.params, "critic": agent.critic.params}
+    biases = [
+        (path, leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key == "bias" and path[-2].key.startswith("Dense")  # not LayerNorm's
+    ]
+    assert len(biases) == 6  # 3 layers each: the actor, the critics (stacked)
+    for path, bias in biases:
+        assert np.all(bias == 0) == (weight_init == "xavier"), path

@@ -55,14 +55,14 @@ Not in the agent:
   k online updates; K (`online_bc_decay_steps`) is CORL's 1M online updates in the preset, so
   shorter fine-tuning budgets should pass theirs (`--agent.online-bc-decay-steps`).
 
-Deviations: o2o's MLP (Xavier-uniform init) instead of PyTorch's default init (TD3+BC) or
-ReBRAC's EDAC-style init; ReBRAC's critics put LayerNorm after the ReLU, as CORL's
-(`layer_norm_first` False; RLPD's order, before it, is the field's default). The
-delayed update follows sfujim's counter (the actor steps on critic updates 2, 4, ...; CORL's
-ReBRAC on 1, 3, ...). ReBRAC explores online with TD3's noise 0.1, not CORL's `expl_noise` 0.
-Several minibatches per call run in `jax.lax.scan`; the delay is a `jax.lax.cond` on the
-critic's step count, whose skip branch evaluates the actor loss without a gradient, so actor
-metrics are defined on every step.
+Deviations: o2o's MLP (Xavier-uniform init; `weight_init="torch"` gives PyTorch's) instead of
+PyTorch's default init (TD3+BC, d3rlpy) or ReBRAC's EDAC-style init; ReBRAC's critics put LayerNorm
+after the ReLU, as CORL's (`layer_norm_first` False; RLPD's order, before it, is the field's
+default). The delayed update follows sfujim's counter (the actor steps on critic updates 2, 4, ...;
+CORL's ReBRAC on 1, 3, ...). ReBRAC explores online with TD3's noise 0.1, not CORL's `expl_noise` 0.
+Several minibatches per call run in `jax.lax.scan`; the delay is a `jax.lax.cond` on the critic's
+step count, whose skip branch evaluates the actor loss without a gradient, so actor metrics are
+defined on every step.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from flax.training.train_state import TrainState
 
 from o2o.agents.base import Needs, Phase, compiled_create, gradient_step, register
 from o2o.nets.ensemble import StateActionValue, ensemble_state
-from o2o.nets.mlp import MLP, Activation
+from o2o.nets.mlp import MLP, Activation, Init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,9 @@ class TD3BCConfig:
     activation: Activation = "relu"
     layer_norm_first: bool = True  # LayerNorm before the activation in the critics
     actor_init_scale: float = 1.0
+    # Initial weights: jaxrl's Xavier-uniform ("xavier") or PyTorch's nn.Linear ("torch":
+    # uniform in +-1/sqrt(fan_in), biases too), as d3rlpy's TD3+BC and ReBRAC.
+    weight_init: Init = "xavier"
 
     def __post_init__(self):
         if self.bc_reduction not in ("mean", "sum"):
@@ -235,6 +238,7 @@ class TD3BC(flax.struct.PyTreeNode):
             (*config.hidden_dims, act.shape[-1]),
             activation=config.activation,
             output_init_scale=config.actor_init_scale,
+            weight_init=config.weight_init,
         )
         actor_params = actor_def.init(key_actor, obs)
         actor = TrainState.create(
@@ -245,6 +249,7 @@ class TD3BC(flax.struct.PyTreeNode):
             config.critic_layer_norm,
             config.activation,
             norm_first=config.layer_norm_first,
+            weight_init=config.weight_init,
         )
         critic = ensemble_state(critic_def, key_critic, 2, optax.adam(config.critic_lr), obs, act)
         return cls(
