@@ -11,7 +11,12 @@
 #   tar xzf runs.tgz -C runs/bench_offline; cat ckpt.tgz.* | tar xz -C runs/bench_offline (here)
 #   python benchmarks/offline.py benchmarks/sweeps/offline/converged-gpu.toml --no-train
 # The datasets are drawn by 16 processes on the machine's CPU cores (`o2o dataset make
-# --workers`, the same data as one process draws).
+# --workers`, the same data as one process draws). The machine's JAX (0.11.2) draws a
+# hopper-medium 1M that differs from JAX 0.10.2's in 232 transitions; to finish its runs here,
+# draw that file here with the same JAX (Python 3.12), then point O2O_DATA_DIR at it:
+#   python3.12 -m venv /tmp/v312 && /tmp/v312/bin/pip install jax==0.11.2 -e .
+#   O2O_DATA_DIR=DIR /tmp/v312/bin/o2o dataset make hopper-medium    (sha256 f1d1f4e8...)
+#   O2O_DATA_DIR=DIR o2o sweep FILE    (a copy of converged-gpu.toml with the unfinished algos)
 # Measured in its first call (2026-12-04): drawing hopper-medium's 1M transitions there took
 # 7.3 min and halfcheetah-medium's 3.9 min (one process each, the policy then on the GPU);
 # seven runs at once under MPS made 2,000-7,000 updates/s each (one seed), 940 for three
