@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any
 
 import flax.struct
 import gymnasium as gym
@@ -70,6 +70,7 @@ from flax.training.train_state import TrainState
 
 from o2o.agents.base import Needs, Phase, compiled_create, register, scan_update_steps
 from o2o.nets.ensemble import StateActionValue, ensemble_state
+from o2o.nets.mlp import Init
 from o2o.nets.policies import (
     TanhMeanGaussian,
     clipped_gaussian_sample,
@@ -105,7 +106,7 @@ class AWACConfig:
     log_std_init: float = 0.0  # CORL's; d3rlpy's AWAC starts at -3 (std 0.05) in [-6, 0]
     # Initial weights: jaxrl's Xavier-uniform ("xavier", o2o's everywhere) or PyTorch's
     # nn.Linear ("torch": uniform in +-1/sqrt(fan_in), biases too), as CORL, rlkit and d3rlpy.
-    weight_init: Literal["xavier", "torch"] = "xavier"
+    weight_init: Init = "xavier"
     batch_size: int = 256
     utd_ratio: int = 1
     offline_ratio: float = 0.5

@@ -20,12 +20,12 @@ the next row starts another stream, which the `observations[t+1]` rule detects).
 
 Every dataset is deterministic for (task, level, size, seed) and the policy file, and cached
 as a native `.npz` under `$O2O_DATA_DIR` (default `~/.cache/o2o/datasets`). The behaviour
-policy always acts on the CPU, where a GPU's matrix products cannot round differently. JAX's
-version can still change a last bit, and a rollout keeps the difference until its episode ends:
-hopper-medium 1M drawn with JAX 0.11.2 differs from JAX 0.10.2's in one action's last bit
-(row 657,760) and so in 232 transitions of that episode, on the same CPU (halfcheetah-medium's
-files are identical). The name does not record the version, so a cached file is reused across
-versions; its `meta` records the JAX and MuJoCo versions that drew it.
+policy always acts on the CPU, so a GPU's differently rounded matrix products never enter a
+file. JAX's version can still change a last bit, and a rollout keeps the difference until its
+episode ends: hopper-medium 1M drawn with JAX 0.11.2 differs from JAX 0.10.2's in one action's
+last bit (row 657,760) and so in 232 transitions of that episode, on the same CPU
+(halfcheetah-medium's files are identical). The name does not record the version, so a cached
+file is reused across versions; its `meta` records the JAX and MuJoCo versions that drew it.
 """
 
 from __future__ import annotations
